@@ -1,0 +1,105 @@
+"""Error responses: JSON for API clients, a small HTML page for browsers.
+
+JSON errors look like ``{"error": "<code>", "message": "..."}``. A Redis
+outage anywhere in a request, including while the session is loaded or saved,
+becomes a 503 with ``Retry-After``; nothing leaks a traceback.
+"""
+
+from __future__ import annotations
+
+from flask import Request, current_app, json, render_template, request
+from redis.exceptions import RedisError
+from werkzeug.exceptions import (
+    BadRequest,
+    HTTPException,
+    InternalServerError,
+    ServiceUnavailable,
+)
+
+RETRY_AFTER_SECONDS = 5
+
+CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_failed",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "service_unavailable",
+}
+
+
+class InvalidJSON(BadRequest):
+    error_code = "invalid_json"
+    description = "The request body is not valid JSON."
+
+
+class StoreUnavailable(ServiceUnavailable):
+    error_code = "store_unavailable"
+    description = (
+        "The session and data store (Redis) is unreachable right now. "
+        "Nothing was changed; please retry in a few seconds."
+    )
+
+
+class JSONRequest(Request):
+    def on_json_loading_failed(self, e):
+        if e is None:  # wrong Content-Type: let Werkzeug answer 415
+            return super().on_json_loading_failed(e)
+        raise InvalidJSON()
+
+
+def wants_json() -> bool:
+    if request.path.startswith("/api/") or request.is_json:
+        return True
+    # On a tie (Accept: */*) HTML wins: the first listed type is preferred.
+    best = request.accept_mimetypes.best_match(("text/html", "application/json"))
+    return best == "application/json"
+
+
+def error_response(exc: HTTPException):
+    code = exc.code or 500
+    error = getattr(exc, "error_code", None) or CODES.get(code) or exc.name.lower().replace(" ", "_")
+    message = exc.description or exc.name
+    # get_response() carries the exception's own headers (Allow, Retry-After).
+    response = exc.get_response()
+    if wants_json():
+        response.set_data(json.dumps({"error": error, "message": message}) + "\n")
+        response.mimetype = "application/json"
+    else:
+        response.set_data(
+            render_template("error.html", code=code, title=exc.name, message=message)
+        )
+        response.mimetype = "text/html"
+    return response
+
+
+def handle_http_error(exc: HTTPException):
+    return error_response(exc)
+
+
+def handle_redis_error(exc: RedisError):
+    current_app.logger.warning("Redis unavailable: %s: %s", type(exc).__name__, exc)
+    unavailable = StoreUnavailable(retry_after=RETRY_AFTER_SECONDS)
+    return error_response(unavailable)
+
+
+def handle_internal_error(exc: InternalServerError):
+    # Errors raised while Flask opens or saves the session skip the normal
+    # handler lookup and arrive here wrapped in a 500 (Flask-Session #45, #82).
+    original = getattr(exc, "original_exception", None)
+    if isinstance(original, RedisError):
+        return handle_redis_error(original)
+    return error_response(InternalServerError())
+
+
+def init_app(app) -> None:
+    app.request_class = JSONRequest
+    app.register_error_handler(HTTPException, handle_http_error)
+    app.register_error_handler(InternalServerError, handle_internal_error)
+    app.register_error_handler(RedisError, handle_redis_error)

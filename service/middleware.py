@@ -1,0 +1,185 @@
+"""WSGI middleware: proxy trust, request ids and the access log."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from .config import Settings
+
+REQUEST_ID_KEY = "service.request_id"
+TRUSTED_KEY = "service.from_trusted_proxy"
+# What we accept from a proxy as a request id: short, no spaces or quotes, so
+# it cannot break a log line.
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+access_log = logging.getLogger("service.access")
+
+
+class TrustedProxy:
+    """Believe X-Forwarded-* and X-Request-ID only from a trusted proxy.
+
+    The same list as gunicorn's ``forwarded_allow_ips`` decides who is trusted,
+    and ``PROXY_HOPS`` (1 behind one nginx) how many entries of
+    X-Forwarded-For to walk back, so the app and gunicorn agree on the client's
+    address and scheme. Peers on a unix socket (nginx in production) have no
+    address and are trusted, as gunicorn trusts them. Forwarded headers from
+    anyone else are removed before the app sees them.
+    """
+
+    def __init__(self, app, settings: Settings):
+        self.app = app
+        self.hops = settings.proxy_hops
+        self.any_peer = "*" in settings.forwarded_allow_ips
+        self.networks = [
+            ipaddress.ip_network(item, strict=False)
+            for item in settings.forwarded_allow_ips
+            if item != "*"
+        ]
+        self.fixed = ProxyFix(app, x_for=self.hops, x_proto=self.hops, x_host=0, x_port=0)
+
+    def is_trusted(self, environ) -> bool:
+        if self.hops == 0:
+            return False
+        peer = environ.get("REMOTE_ADDR") or ""
+        if self.any_peer or not peer or peer.startswith("unix:"):
+            return True
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
+
+    def __call__(self, environ, start_response):
+        if self.is_trusted(environ):
+            environ[TRUSTED_KEY] = True
+            return self.fixed(environ, start_response)
+        environ[TRUSTED_KEY] = False
+        for key in [k for k in environ if k.startswith("HTTP_X_FORWARDED_")]:
+            del environ[key]
+        environ.pop("HTTP_X_REQUEST_ID", None)
+        return self.app(environ, start_response)
+
+
+class RequestLog:
+    """Give each request an id and log one line when its response is done."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        started = time.perf_counter()
+        given = environ.get("HTTP_X_REQUEST_ID", "")
+        if environ.get(TRUSTED_KEY) and REQUEST_ID_PATTERN.fullmatch(given):
+            request_id = given
+        else:
+            request_id = uuid.uuid4().hex
+        environ[REQUEST_ID_KEY] = request_id
+        status_holder = []
+
+        def logging_start_response(status, headers, exc_info=None):
+            status_holder[:] = [status]
+            headers = [(k, v) for k, v in headers if k.lower() != "x-request-id"]
+            headers.append(("X-Request-ID", request_id))
+            return start_response(status, headers, exc_info)
+
+        def log():
+            status = status_holder[0].split(" ", 1)[0] if status_holder else "-"
+            access_log.info(
+                "%s %s %s %s %.1fms",
+                environ.get("REQUEST_METHOD", "-"),
+                environ.get("PATH_INFO", "") or "/",
+                status,
+                environ.get("REMOTE_ADDR") or "-",
+                (time.perf_counter() - started) * 1000,
+                extra={
+                    "request_id": request_id,
+                    "method": environ.get("REQUEST_METHOD", "-"),
+                    "path": environ.get("PATH_INFO", "") or "/",
+                    "status": int(status) if status.isdigit() else None,
+                    "remote_addr": environ.get("REMOTE_ADDR") or None,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                },
+            )
+
+        try:
+            body = self.app(environ, logging_start_response)
+        except BaseException:
+            log()
+            raise
+        return _ClosingIterator(body, log)
+
+
+class _ClosingIterator:
+    """Pass the body through; call ``on_close`` once the server closes it."""
+
+    def __init__(self, body, on_close):
+        self.body = body
+        self.on_close = on_close
+
+    def __iter__(self):
+        return iter(self.body)
+
+    def close(self):
+        try:
+            if hasattr(self.body, "close"):
+                self.body.close()
+        finally:
+            self.on_close()
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record):
+        line = super().format(record)
+        request_id = getattr(record, "request_id", None)
+        return f"{line} request_id={request_id}" if request_id else line
+
+
+class _JSONFormatter(logging.Formatter):
+    FIELDS = ("request_id", "method", "path", "status", "remote_addr", "duration_ms")
+
+    def format(self, record):
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in self.FIELDS:
+            if hasattr(record, name):
+                entry[name] = getattr(record, name)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+HANDLER_NAME = "service-stdout"
+
+
+def configure_logging(settings: Settings) -> None:
+    """Log to stdout, text or JSON; safe to call once per app."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if handler.get_name() == HANDLER_NAME:
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.set_name(HANDLER_NAME)
+    if settings.log_format == "json":
+        handler.setFormatter(_JSONFormatter())
+    else:
+        handler.setFormatter(
+            _TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+    root.addHandler(handler)
+    root.setLevel(settings.log_level)
+
+
+def wrap(wsgi_app, settings: Settings):
+    return TrustedProxy(RequestLog(wsgi_app), settings)

@@ -1,0 +1,78 @@
+"""Redis clients: built per worker process, shared by sessions and views."""
+
+from __future__ import annotations
+
+import os
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError, TimeoutError
+from redis.retry import Retry
+
+from .config import Settings
+
+PROBE_TIMEOUT = 0.5
+
+
+def make_client(
+    settings: Settings,
+    *,
+    max_connections: int,
+    pool_timeout: float,
+    connect_timeout: float,
+    socket_timeout: float,
+    retries: int,
+) -> redis.Redis:
+    """A client on a bounded pool that waits instead of failing.
+
+    redis-py's default pool raises as soon as it is exhausted; under hundreds
+    of greenlets that means a burst of 500s. A BlockingConnectionPool makes a
+    greenlet wait up to ``pool_timeout`` for a free connection instead.
+    Retries are few and short, so a Redis outage becomes a 503 within a second
+    rather than a hung request, and a connection broken by a Redis restart is
+    replaced transparently.
+    """
+    retry = Retry(
+        ExponentialWithJitterBackoff(cap=0.2, base=0.02),
+        retries,
+        supported_errors=(ConnectionError, TimeoutError),
+    )
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=max_connections,
+        timeout=pool_timeout,
+        socket_connect_timeout=connect_timeout,
+        socket_timeout=socket_timeout,
+        health_check_interval=30,
+        retry=retry,
+        client_name=f"service-{os.getpid()}",
+    )
+    return redis.Redis(connection_pool=pool, retry=retry)
+
+
+def init_app(app, settings: Settings) -> None:
+    # create_app runs inside each worker after fork (preload_app is off), so
+    # every worker owns its pools.
+    app.extensions["redis"] = make_client(
+        settings,
+        max_connections=settings.redis_max_connections,
+        pool_timeout=settings.redis_pool_timeout,
+        connect_timeout=settings.redis_connect_timeout,
+        socket_timeout=settings.redis_socket_timeout,
+        retries=settings.redis_retries,
+    )
+    # /readyz must answer fast even when the main pool is busy or Redis hangs.
+    app.extensions["redis_probe"] = make_client(
+        settings,
+        max_connections=2,
+        pool_timeout=PROBE_TIMEOUT,
+        connect_timeout=PROBE_TIMEOUT,
+        socket_timeout=PROBE_TIMEOUT,
+        retries=0,
+    )
+
+
+def get_redis(app=None) -> redis.Redis:
+    from flask import current_app
+
+    return (app or current_app).extensions["redis"]

@@ -1,0 +1,74 @@
+"""Security headers (built with the ``secure`` package) for every response.
+
+Two profiles: HTML pages get a strict CSP that allows only same-origin
+scripts, styles and images; everything else (JSON, text) gets a CSP that
+allows nothing at all. Headers are added with ``setdefault``, so a view that
+sets one itself keeps its own value and no header is ever sent twice.
+
+HSTS is sent by nginx, not here: nginx terminates TLS, so it is the one layer
+that sees every HTTPS response (static files, redirects, its own 502 page) and
+knows the connection is secure. Sending it from both layers duplicates it,
+which graders treat as invalid.
+"""
+
+from __future__ import annotations
+
+from secure import (
+    ContentSecurityPolicy,
+    CrossOriginOpenerPolicy,
+    CrossOriginResourcePolicy,
+    PermissionsPolicy,
+    ReferrerPolicy,
+    Secure,
+    XContentTypeOptions,
+    XFrameOptions,
+)
+
+NONE, SELF = "'none'", "'self'"
+
+
+def _permissions() -> PermissionsPolicy:
+    policy = PermissionsPolicy()
+    for feature in (
+        "accelerometer", "browsing-topics", "camera", "display-capture", "geolocation",
+        "gyroscope", "magnetometer", "microphone", "payment", "usb",
+    ):
+        policy.add_directive(feature)
+    return policy
+
+
+def _profile(csp: ContentSecurityPolicy) -> tuple[tuple[str, str], ...]:
+    return Secure(
+        csp=csp.frame_ancestors(NONE).base_uri(NONE).object_src(NONE),
+        coop=CrossOriginOpenerPolicy().same_origin(),
+        corp=CrossOriginResourcePolicy().same_origin(),
+        permissions=_permissions(),
+        referrer=ReferrerPolicy().same_origin(),
+        xcto=XContentTypeOptions(),
+        xfo=XFrameOptions().deny(),
+    ).header_items()
+
+
+HTML_HEADERS = _profile(
+    ContentSecurityPolicy()
+    .default_src(NONE)
+    .script_src(SELF)
+    .style_src(SELF)
+    .img_src(SELF)
+    .font_src(SELF)
+    .connect_src(SELF)
+    .manifest_src(SELF)
+    .form_action(SELF)
+)
+API_HEADERS = _profile(ContentSecurityPolicy().default_src(NONE).form_action(NONE))
+
+
+def add_security_headers(response):
+    profile = HTML_HEADERS if response.mimetype == "text/html" else API_HEADERS
+    for name, value in profile:
+        response.headers.setdefault(name, value)
+    return response
+
+
+def init_app(app) -> None:
+    app.after_request(add_security_headers)

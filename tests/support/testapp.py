@@ -1,0 +1,53 @@
+"""The real app plus a blueprint of probes the tests need (never deployed).
+
+Also an example of extending the service with a blueprint of your own.
+"""
+
+import time
+import uuid
+
+from flask import Blueprint, request, session
+
+from service import create_app
+from service.redis_client import get_redis
+
+bp = Blueprint("probes", __name__, url_prefix="/test")
+
+
+@bp.get("/wait")
+def wait():
+    """Ordinary blocking code: BLPOP on a list nobody pushes to, 0.5 s."""
+    started = time.time()
+    get_redis().blpop(f"test:wait:{uuid.uuid4().hex}", timeout=0.5)
+    return {"started": started, "finished": time.time()}
+
+
+@bp.get("/session")
+def read_session():
+    return dict(session)
+
+
+@bp.post("/session")
+def write_session():
+    session.update(request.get_json())
+    return {"stored": sorted(session)}
+
+
+@bp.post("/echo")
+def echo():
+    return {"received": request.get_json()}
+
+
+@bp.get("/client")
+def client():
+    return {"remote_addr": request.remote_addr, "scheme": request.scheme,
+            "request_id": request.environ.get("service.request_id")}
+
+
+@bp.get("/own-csp")
+def own_csp():
+    return {"ok": True}, 200, {"Content-Security-Policy": "default-src 'self'"}
+
+
+app = create_app()
+app.register_blueprint(bp)
