@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 import shutil
@@ -111,15 +112,17 @@ def base_env(redis_url: str, **overrides) -> dict[str, str]:
 
 
 class Gunicorn:
-    """gunicorn with the project's gunicorn.conf.py, on a free loopback port."""
+    """gunicorn with the project's gunicorn.conf.py, on a free loopback port,
+    or on ``bind="unix:/path"`` (as behind nginx; then ``port`` is None)."""
 
     def __init__(self, directory: Path, env: dict[str, str], app: str = "tests.support.testapp:app",
-                 extra_args: tuple[str, ...] = ()):
+                 extra_args: tuple[str, ...] = (), bind: str | None = None):
         self.binary = require_binary("gunicorn", "gunicorn (pip, requirements.txt)")
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.env = dict(env, BIND=f"127.0.0.1:{self.port}")
+        self.port = None if bind else free_port()
+        self.bind = bind or f"127.0.0.1:{self.port}"
+        self.env = dict(env, BIND=self.bind)
         self.app = app
         self.extra_args = extra_args
         self.stdout_path = directory / "stdout.log"
@@ -149,18 +152,36 @@ class Gunicorn:
         def up():
             if self.process.poll() is not None:
                 raise AssertionError(f"gunicorn exited with {self.process.returncode}:\n{self.stderr()}")
-            return requests.get(self.url + "/healthz", timeout=1).status_code == 200
+            return self.healthy()
 
         try:
-            wait_until(up, timeout, f"gunicorn on port {self.port}")
+            wait_until(up, timeout, f"gunicorn on {self.bind}")
         except AssertionError as exc:
             self.stop()
             raise AssertionError(f"{exc}\n--- stderr ---\n{self.stderr()}") from None
         return self
 
+    @property
+    def socket_path(self) -> str | None:
+        return self.bind[len("unix:"):] if self.bind.startswith("unix:") else None
+
+    def healthy(self) -> bool:
+        if self.socket_path is None:
+            return requests.get(self.url + "/healthz", timeout=1).status_code == 200
+        host = self.env.get("ALLOWED_HOSTS", "localhost").split(",")[0].strip().lstrip(".")
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(1)
+            sock.connect(self.socket_path)
+            sock.sendall(f"GET /healthz HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+            return sock.recv(64).split(b"\r\n", 1)[0].split()[1:2] == [b"200"]
+
     def stop(self) -> int | None:
         if self.process is None:
             return None
+        # Close the test's own idle keep-alive connections (held by response
+        # objects nobody references any more): gunicorn's graceful shutdown
+        # otherwise waits for them up to GRACEFUL_TIMEOUT.
+        gc.collect()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
