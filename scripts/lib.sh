@@ -1,4 +1,5 @@
-# Shared by scripts/run and scripts/test: install what is missing, idempotently.
+# Shared by scripts/run, scripts/test and scripts/stack: install what is
+# missing (idempotently) and supervise the processes a script starts.
 # shellcheck shell=bash
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -37,13 +38,14 @@ apt_install() {
 # ensure_venv REQUIREMENTS_FILE: create the virtualenv and install into it
 # when the requirements changed since the last install.
 ensure_venv() {
-  local requirements=$1 stamp="$VENV/.installed" digest
+  local requirements=$1 stamp digest
+  stamp="$VENV/.installed-$(basename "$requirements")"
   if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
     ensure_commands "$PYTHON:python3" || true
     apt_install python3-venv
   fi
   [ -x "$VENV/bin/python" ] || { say "creating virtualenv $VENV"; "$PYTHON" -m venv "$VENV"; }
-  digest=$(cat "$ROOT"/requirements*.txt | sha256sum | cut -d' ' -f1)-$(basename "$requirements")
+  digest=$(cat "$ROOT"/requirements*.txt | sha256sum | cut -d' ' -f1)
   if [ "$(cat "$stamp" 2>/dev/null)" != "$digest" ]; then
     say "installing Python packages from $(basename "$requirements")"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$requirements"
@@ -51,9 +53,66 @@ ensure_venv() {
   fi
 }
 
+# The developer's .env (DOTENV_PATH moves it, as for service/config.py).
+DOTENV=${DOTENV_PATH:-$ROOT/.env}
+
 # dotenv_value NAME: the value of NAME in .env (not exported wholesale, so
 # empty lines do not override gunicorn's own defaults).
 dotenv_value() {
-  [ -f "$ROOT/.env" ] || return 0
-  sed -n "s/^[[:space:]]*$1[[:space:]]*=[[:space:]]*//p" "$ROOT/.env" | tail -n1 | sed 's/^["'\'']//; s/["'\'']$//'
+  [ -f "$DOTENV" ] || return 0
+  sed -n "s/^[[:space:]]*$1[[:space:]]*=[[:space:]]*//p" "$DOTENV" | tail -n1 | sed 's/^["'\'']//; s/["'\'']$//'
+}
+
+# ensure_dotenv: write .env from .env.example with a fresh SECRET_KEY, once.
+ensure_dotenv() {
+  [ ! -f "$DOTENV" ] || return 0
+  local secret
+  secret=$("$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(48))')
+  sed "s|^SECRET_KEY=.*|SECRET_KEY=$secret|" "$ROOT/.env.example" >"$DOTENV"
+  chmod 600 "$DOTENV"
+  say "wrote $DOTENV with a new SECRET_KEY"
+}
+
+# Child processes: `spawn CMD...` starts one in the background; after
+# `supervise_children`, all of them get TERM when the script exits, Ctrl-C
+# included (background jobs of a script ignore SIGINT, so they need it).
+CHILD_PIDS=()
+spawn() {
+  # setsid: Ctrl-C reaches only the script, which then stops every child
+  # gracefully with TERM (a gevent worker hit by SIGINT dies noisily).
+  setsid "$@" &
+  CHILD_PIDS+=($!)
+}
+stop_children() {
+  trap - EXIT INT TERM
+  [ ${#CHILD_PIDS[@]} -gt 0 ] || return 0
+  kill -TERM "${CHILD_PIDS[@]}" 2>/dev/null || true
+  wait "${CHILD_PIDS[@]}" 2>/dev/null || true
+  say "stopped"
+}
+supervise_children() {
+  trap stop_children EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+# wait_any_child: return when the first child ends (its status), or on Ctrl-C.
+wait_any_child() {
+  local status=0
+  wait -n "${CHILD_PIDS[@]}" || status=$?
+  return "$status"
+}
+
+# start_private_redis DIR: a redis-server reachable only through DIR/redis.sock
+# (no TCP port, socket mode 700), AOF in DIR; exports REDIS_URL.
+start_private_redis() {
+  local dir=$1
+  mkdir -p "$dir"
+  chmod 700 "$dir"
+  rm -f "$dir/redis.sock"
+  spawn redis-server --port 0 --unixsocket "$dir/redis.sock" --unixsocketperm 700 \
+    --dir "$dir" --appendonly yes --save "" --logfile "$dir/redis.log"
+  for _ in $(seq 100); do [ -S "$dir/redis.sock" ] && break; sleep 0.05; done
+  [ -S "$dir/redis.sock" ] || die "redis-server did not start; see $dir/redis.log"
+  export REDIS_URL="unix://$dir/redis.sock"
+  say "private Redis at $REDIS_URL"
 }

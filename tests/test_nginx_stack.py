@@ -1,0 +1,73 @@
+"""Command 3 (scripts/stack): the whole production shape locally, and Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+from tests.support.processes import ROOT, free_port, require_binary, wait_until
+
+
+def test_stack_serves_https_h2_redirects_http_and_stops_on_ctrl_c(tmp_path):
+    for binary, package in (("nginx", "nginx"), ("redis-server", "redis-server"),
+                            ("openssl", "openssl"), ("curl", "curl")):
+        require_binary(binary, package)
+    https_port, http_port = free_port(), free_port()
+    state = tmp_path / "state"
+    env = {
+        "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8",
+        "STATE_DIR": str(state), "DOTENV_PATH": str(tmp_path / ".env"),
+        "STACK_HTTPS_PORT": str(https_port), "STACK_HTTP_PORT": str(http_port),
+    }
+    log = tmp_path / "stack.log"
+    with log.open("wb") as out:
+        stack = subprocess.Popen([str(ROOT / "scripts" / "stack")], cwd=ROOT, env=env,
+                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: stack.poll() is None and "==> serving" in log.read_text(), 60,
+                   "scripts/stack to serve")
+        ca = state / "local-ca" / "ca.crt"
+        assert f"curl --cacert {ca}" in log.read_text()  # how to trust the CA
+
+        def curl(*args):
+            return subprocess.run(
+                ["curl", "-sS", "--max-time", "10", "--cacert", str(ca),
+                 "--resolve", f"localhost:{https_port}:127.0.0.1",
+                 "--resolve", f"localhost:{http_port}:127.0.0.1", *args],
+                capture_output=True, text=True, timeout=20)
+
+        home = curl("--http2", "-o", "/dev/null", "-w", "%{http_version} %{response_code}",
+                    f"https://localhost:{https_port}/")
+        assert home.stdout == "2 200", home.stderr
+        redirect = curl("-o", "/dev/null", "-w", "%{response_code} %{redirect_url}",
+                        f"http://localhost:{http_port}/x?y=1")
+        assert redirect.stdout == f"308 https://localhost:{https_port}/x?y=1"
+        # HSTS is sent, with max-age=0 so browsers do not pin every localhost port to https.
+        headers = curl("-D", "-", "-o", "/dev/null", f"https://localhost:{https_port}/")
+        hsts = [line for line in headers.stdout.lower().splitlines()
+                if line.startswith("strict-transport-security:")]
+        assert hsts == ["strict-transport-security: max-age=0; includesubdomains"], headers.stdout
+
+        # Ctrl-C reaches the script (its children ignore SIGINT as background jobs).
+        stack.send_signal(signal.SIGINT)
+        assert stack.wait(30) == 130
+        # Nothing it started is left: its process group is empty.
+        def group_gone():
+            try:
+                os.killpg(stack.pid, 0)
+            except ProcessLookupError:
+                return True
+            return False
+
+        wait_until(group_gone, 15, "the stack's processes to exit")
+    finally:
+        if stack.poll() is None:
+            os.killpg(stack.pid, signal.SIGKILL)
+            stack.wait(10)
+        else:
+            try:
+                os.killpg(stack.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert not (state / "stack" / "gunicorn.sock").exists()
