@@ -135,6 +135,24 @@ def test_adding_a_name_replaces_the_certificate(stack):
     assert f"{WWW} = " in (stack.certbot.config_dir / "renewal" / f"{NAME}.conf").read_text()
 
 
+def test_issue_replaces_a_certificate_with_another_profile_at_once(stack):
+    stack.ensure_issued()
+    names = ["-d", NAME, "-d", WWW, "-m", "ops@example.test"]
+    same = stack.certbot.run("issue", *names)  # whatever ran before: now both names
+    assert same.returncode == 0, output(same)
+    before = stack.live_serial()
+    changed = stack.certbot.run("issue", *names, "--profile", "classic")
+    assert changed.returncode == 0, output(changed)
+    assert "differs (CA, key type or profile): replacing it" in changed.stdout
+    after = stack.live_serial()
+    assert after != before  # not kept until due: replaced now
+    stack.wait_served(after)
+    renewal_conf = (stack.certbot.config_dir / "renewal" / f"{NAME}.conf").read_text()
+    assert "preferred_profile = classic" in renewal_conf
+    again = stack.certbot.run("issue", *names, "--profile", "classic")
+    assert again.returncode == 0 and stack.live_serial() == after, output(again)
+
+
 def test_renewal_under_load_drops_no_request(stack):
     stack.ensure_issued()
     old = stack.live_serial()
