@@ -31,8 +31,10 @@ backlog = int(env("BACKLOG", 2048))
 
 # -- Workers
 # gevent: each worker serves many requests at once, one greenlet each, so
-# one worker per core is enough.
-worker_class = env("WORKER_CLASS", "gevent")
+# one worker per core is enough. service.worker.GeventWorker is gunicorn's
+# gevent worker that also closes idle keep-alive connections on shutdown, so
+# reloads and Ctrl-C do not wait out graceful_timeout.
+worker_class = env("WORKER_CLASS", "service.worker.GeventWorker")
 workers = int(env("WEB_CONCURRENCY", os.cpu_count() or 1))
 worker_connections = int(env("WORKER_CONNECTIONS", 1000))
 preload_app = False
@@ -69,7 +71,10 @@ else:
 
 
 def _is_gevent(worker):
-    return type(worker).__module__ == "gunicorn.workers.ggevent"
+    return any(
+        cls.__module__ == "gunicorn.workers.ggevent" and cls.__name__ == "GeventWorker"
+        for cls in type(worker).__mro__
+    )
 
 
 def post_fork(server, worker):

@@ -16,9 +16,10 @@ bp = Blueprint("probes", __name__, url_prefix="/test")
 
 @bp.get("/wait")
 def wait():
-    """Ordinary blocking code: BLPOP on a list nobody pushes to, 0.5 s."""
+    """Ordinary blocking code: BLPOP on a list nobody pushes to (0.5 s)."""
+    seconds = min(float(request.args.get("seconds", 0.5)), 3.0)
     started = time.time()
-    get_redis().blpop(f"test:wait:{uuid.uuid4().hex}", timeout=0.5)
+    get_redis().blpop(f"test:wait:{uuid.uuid4().hex}", timeout=seconds)
     return {"started": started, "finished": time.time()}
 
 
