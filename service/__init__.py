@@ -20,12 +20,10 @@ def create_app(settings: Settings | None = None):
         settings = Settings.from_env()
     settings.require_valid()
 
-    from flask import Flask
-
     from . import errors, middleware, redis_client, security, sessions
 
     middleware.configure_logging(settings)
-    app = Flask(__name__)
+    app = errors.Flask(__name__)
     app.config.update(
         SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=settings.max_content_length,

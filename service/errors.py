@@ -7,6 +7,7 @@ becomes a 503 with ``Retry-After``; nothing leaks a traceback.
 
 from __future__ import annotations
 
+import flask
 from flask import Request, current_app, json, render_template, request
 from redis.exceptions import RedisError
 from werkzeug.exceptions import (
@@ -52,6 +53,14 @@ class JSONRequest(Request):
         if e is None:  # wrong Content-Type: let Werkzeug answer 415
             return super().on_json_loading_failed(e)
         raise InvalidJSON()
+
+
+class Flask(flask.Flask):
+    def log_exception(self, exc_info) -> None:
+        # A Redis outage is logged once per request as a warning by
+        # handle_redis_error; a traceback per request would drown the log.
+        if not isinstance(exc_info[1], RedisError):
+            super().log_exception(exc_info)
 
 
 def wants_json() -> bool:

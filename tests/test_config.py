@@ -1,0 +1,119 @@
+"""Settings from the environment, and `python -m service check`."""
+
+import os
+import secrets
+import subprocess
+import sys
+
+import pytest
+
+from service.config import ConfigError, Settings
+from tests.support.processes import ROOT
+
+STRONG = secrets.token_urlsafe(48)
+PROD = {
+    "APP_ENV": "production",
+    "SECRET_KEY": STRONG,
+    "REDIS_URL": "redis://:hunter2hunter2@127.0.0.1:6390/0",
+    "ALLOWED_HOSTS": "example.com",
+}
+
+
+def problems(**overrides):
+    env = {k: v for k, v in {**PROD, **overrides}.items() if v is not None}
+    return Settings.from_env(env).problems
+
+
+def test_production_defaults_are_secure():
+    s = Settings.from_env(PROD)
+    assert s.problems == ()
+    assert s.session_cookie_name == "__Host-session"
+    assert s.session_cookie_secure is True
+    assert s.session_cookie_samesite == "Lax"
+
+
+def test_unset_app_env_means_production():
+    assert Settings.from_env({k: v for k, v in PROD.items() if k != "APP_ENV"}).production
+
+
+@pytest.mark.parametrize(
+    "secret, fragment",
+    [
+        (None, "SECRET_KEY is not set"),
+        ("short-but-random-8Hq", "SECRET_KEY is too short"),
+        ("you-will-never-guess", "well-known placeholder"),
+        ("a" * 64, "repeats too few characters"),
+    ],
+)
+def test_production_refuses_missing_or_weak_secret(secret, fragment):
+    found = problems(SECRET_KEY=secret)
+    assert any(fragment in p for p in found), found
+    with pytest.raises(ConfigError, match=fragment):
+        Settings.from_env({**PROD, "SECRET_KEY": secret or ""}).require_valid()
+
+
+def test_production_refuses_missing_redis_url_and_insecure_cookies():
+    assert any("REDIS_URL is not set" in p for p in problems(REDIS_URL=None))
+    assert any("SESSION_COOKIE_SECURE must be true" in p for p in problems(
+        SESSION_COOKIE_SECURE="false", SESSION_COOKIE_NAME="session"))
+    assert any("must start with __Host-" in p for p in problems(SESSION_COOKIE_NAME="sid"))
+    assert any("requires SESSION_COOKIE_SECURE" in p for p in problems(
+        SESSION_COOKIE_SECURE="false"))
+    assert any("SESSION_COOKIE_SAMESITE" in p for p in problems(SESSION_COOKIE_SAMESITE="None"))
+    assert any("ALLOWED_HOSTS" in p for p in problems(ALLOWED_HOSTS=None))
+    assert any("REDIS_URL must start with" in p for p in problems(REDIS_URL="localhost:6390"))
+
+
+def test_development_allows_plain_http_cookies_but_needs_a_secret():
+    dev = {"APP_ENV": "development", "REDIS_URL": "unix:///tmp/x.sock"}
+    assert any("SECRET_KEY is not set" in p for p in Settings.from_env(dev).problems)
+    s = Settings.from_env({**dev, "SECRET_KEY": "dev-only"})
+    assert s.problems == ()
+    assert (s.session_cookie_name, s.session_cookie_secure) == ("session", False)
+
+
+def test_unparseable_values_name_the_variable():
+    with pytest.raises(ConfigError, match="REDIS_RETRIES='many' is not a number"):
+        Settings.from_env({**PROD, "REDIS_RETRIES": "many"})
+    with pytest.raises(ConfigError, match="APP_ENV='staging'"):
+        Settings.from_env({**PROD, "APP_ENV": "staging"})
+
+
+def test_dotenv_never_overrides_the_environment(tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("LOG_LEVEL=DEBUG\nLOG_FORMAT=json\n")
+    code = (
+        "import os; from service.config import load_dotenv_file; load_dotenv_file(); "
+        "print(os.environ['LOG_LEVEL'], os.environ['LOG_FORMAT'])"
+    )
+    env = {"PATH": os.environ["PATH"], "DOTENV_PATH": str(dotenv), "LOG_LEVEL": "WARNING"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["WARNING", "json"]
+
+
+def run_check(env):
+    return subprocess.run(
+        [sys.executable, "-m", "service", "check"],
+        cwd=ROOT, capture_output=True, text=True,
+        env={"PATH": os.environ["PATH"], "DOTENV_PATH": os.devnull, **env},
+    )
+
+
+def test_check_command_redacts_secrets_and_passes_a_ready_config():
+    result = run_check(PROD)
+    assert result.returncode == 0, result.stderr
+    assert STRONG not in result.stdout
+    assert "hunter2" not in result.stdout
+    assert '"redis_url": "redis://:***@127.0.0.1:6390/0"' in result.stdout
+    assert "Production-ready" in result.stderr
+
+
+def test_check_command_fails_and_explains_when_not_ready():
+    result = run_check({**PROD, "SECRET_KEY": "changeme"})
+    assert result.returncode == 1
+    assert "changeme" not in result.stdout
+    assert "SECRET_KEY is a well-known placeholder" in result.stderr
+    dev = run_check({**PROD, "APP_ENV": "development"})
+    assert dev.returncode == 1
+    assert "set APP_ENV=production" in dev.stderr

@@ -1,0 +1,122 @@
+"""Headers, errors, proxy trust and request logs, through real gunicorn."""
+
+import json
+import socket
+
+import pytest
+import requests
+
+from tests.support.processes import base_env
+
+SECURITY_HEADERS = (
+    "Content-Security-Policy", "Cross-Origin-Opener-Policy", "Cross-Origin-Resource-Policy",
+    "Permissions-Policy", "Referrer-Policy", "X-Content-Type-Options", "X-Frame-Options",
+)
+
+
+def raw_headers(port: int, path: str, extra: str = "") -> list[tuple[str, str]]:
+    """The header lines exactly as sent on the wire (to count duplicates)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")[1:]
+    return [tuple(part.strip() for part in line.split(":", 1)) for line in head]
+
+
+@pytest.mark.parametrize("path, csp_start", [
+    ("/", "default-src 'none'; script-src 'self'"),
+    ("/healthz", "default-src 'none'; form-action 'none'"),
+])
+def test_security_headers_are_sent_exactly_once(service, path, csp_start):
+    headers = raw_headers(service.port, path)
+    names = [name.lower() for name, _ in headers]
+    for header in SECURITY_HEADERS:
+        assert names.count(header.lower()) == 1, (header, headers)
+    assert "strict-transport-security" not in names  # nginx's job, see service/security.py
+    csp = dict(headers)["Content-Security-Policy"]
+    assert csp.startswith(csp_start)
+    for directive in ("frame-ancestors 'none'", "base-uri 'none'", "object-src 'none'"):
+        assert directive in csp
+    assert "unsafe" not in csp
+    assert dict(headers)["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_view_overrides_a_header_without_duplicating_it(service):
+    headers = raw_headers(service.port, "/test/own-csp")
+    csps = [v for k, v in headers if k.lower() == "content-security-policy"]
+    assert csps == ["default-src 'self'"]
+
+
+def test_malformed_json_is_400_with_a_clear_message(service):
+    r = requests.post(service.url + "/test/echo", data=b'{"a": ', timeout=5,
+                      headers={"Content-Type": "application/json"})
+    assert r.status_code == 400
+    assert r.json() == {"error": "invalid_json", "message": "The request body is not valid JSON."}
+
+
+def test_body_over_the_limit_is_413(service):
+    r = requests.post(service.url + "/test/echo", json={"x": "y" * 5000}, timeout=5)
+    assert r.status_code == 413
+    assert r.json()["error"] == "payload_too_large"
+    # ...and the worker keeps serving.
+    assert requests.post(service.url + "/test/echo", json={"x": 1}, timeout=5).json() == {
+        "received": {"x": 1}}
+
+
+def test_404_and_405_as_json_for_api_clients_and_html_for_browsers(service):
+    api = requests.get(service.url + "/api/nothing-here", timeout=5)
+    assert api.status_code == 404 and api.json()["error"] == "not_found"
+    page = requests.get(service.url + "/nothing-here", headers={"Accept": "text/html"}, timeout=5)
+    assert page.status_code == 404
+    assert page.headers["Content-Type"].startswith("text/html")
+    assert "<h1>404 Not Found</h1>" in page.text
+    wrong = requests.delete(service.url + "/healthz", headers={"Accept": "application/json"},
+                            timeout=5)
+    assert wrong.status_code == 405
+    assert wrong.json()["error"] == "method_not_allowed"
+    assert set(wrong.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "HEAD"}
+
+
+def test_unexpected_host_header_is_400(service):
+    r = requests.get(service.url + "/healthz", headers={"Host": "evil.example"}, timeout=5)
+    assert r.status_code == 400
+    assert "<h1>400 Bad Request</h1>" in r.text or r.json()["error"] == "bad_request"
+
+
+def test_forwarded_headers_from_a_trusted_proxy_are_used(service):
+    # 127.0.0.1 is in FORWARDED_ALLOW_IPS (the default), PROXY_HOPS=1: the
+    # last X-Forwarded-For entry is the one the proxy itself appended.
+    r = requests.get(service.url + "/test/client", timeout=5, headers={
+        "X-Forwarded-For": "203.0.113.9, 198.51.100.7",
+        "X-Forwarded-Proto": "https",
+        "X-Request-ID": "proxy-given-id-42",
+    })
+    assert r.json() == {"remote_addr": "198.51.100.7", "scheme": "https",
+                        "request_id": "proxy-given-id-42"}
+    assert r.headers["X-Request-ID"] == "proxy-given-id-42"
+
+
+def test_forwarded_headers_from_anyone_else_are_ignored(redis_server, make_gunicorn):
+    env = base_env(redis_server.url, FORWARDED_ALLOW_IPS="192.0.2.1")
+    server = make_gunicorn(env).start()
+    r = requests.get(server.url + "/test/client", timeout=5, headers={
+        "X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https",
+        "X-Request-ID": "forged",
+    })
+    body = r.json()
+    assert (body["remote_addr"], body["scheme"]) == ("127.0.0.1", "http")
+    assert body["request_id"] != "forged"
+    assert r.headers["X-Request-ID"] == body["request_id"]
+
+
+def test_one_json_log_line_per_request_with_its_request_id(service):
+    r = requests.get(service.url + "/healthz?probe=1", timeout=5)
+    request_id = r.headers["X-Request-ID"]
+    lines = [json.loads(line) for line in service.stdout().splitlines() if line.startswith("{")]
+    mine = [line for line in lines if line.get("request_id") == request_id]
+    assert len(mine) == 1
+    entry = mine[0]
+    assert entry["method"] == "GET" and entry["path"] == "/healthz" and entry["status"] == 200
+    assert entry["duration_ms"] >= 0 and entry["logger"] == "service.access"

@@ -1,0 +1,66 @@
+"""gunicorn + gevent: patched before anything else, refuses to boot otherwise,
+and refuses to start with an unsafe production configuration."""
+
+import subprocess
+
+import requests
+
+from tests.support.processes import base_env
+
+
+def test_no_monkey_patch_warning_in_worker_stderr(service):
+    # The shared service has booted its worker and served requests by now.
+    assert requests.get(service.url + "/test/wait", timeout=5).status_code == 200
+    stderr = service.stderr()
+    assert "Booting worker" in stderr
+    assert "MonkeyPatchWarning" not in stderr
+    assert "Refusing to boot" not in stderr
+    assert "Using worker: service.worker.GeventWorker" in stderr
+
+
+def test_boot_guard_refuses_a_worker_patched_too_late(redis_server, make_gunicorn):
+    # --preload imports the app (and redis, ssl) in the master, before the
+    # worker's monkey.patch_all(): the classic mis-ordering.
+    server = make_gunicorn(
+        base_env(redis_server.url),
+        app="tests.support.preload_redis:app",
+        extra_args=("--preload",),
+    )
+    process = server.launch()
+    try:
+        code = process.wait(30)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("gunicorn kept running with a mis-ordered import") from None
+    stderr = server.stderr()
+    assert code != 0
+    assert "Refusing to boot a gevent worker" in stderr
+    assert "imported before gevent patched the standard library: redis" in stderr
+    assert "Worker failed to boot" in stderr
+    # gevent itself notices too: the positive control for the test above.
+    assert "MonkeyPatchWarning" in stderr
+
+
+def test_production_refuses_to_start_with_a_weak_secret(redis_server, make_gunicorn):
+    env = base_env(redis_server.url, APP_ENV="production", ALLOWED_HOSTS="app.test",
+                   SECRET_KEY="tooshort")
+    server = make_gunicorn(env)
+    code = server.launch().wait(30)
+    assert code != 0
+    stderr = server.stderr()
+    assert "Refusing to start (production configuration is not safe to run)" in stderr
+    assert "SECRET_KEY is too short (8 bytes, need at least 32)" in stderr
+    assert "Booting worker" not in stderr  # refused in the master, before any fork
+
+
+def test_production_refuses_to_start_without_a_secret(redis_server, make_gunicorn):
+    env = base_env(redis_server.url, APP_ENV="production", ALLOWED_HOSTS="app.test")
+    del env["SECRET_KEY"]
+    server = make_gunicorn(env)
+    assert server.launch().wait(30) != 0
+    assert "SECRET_KEY is not set" in server.stderr()
+
+
+def test_production_starts_with_a_strong_secret(redis_server, make_gunicorn):
+    env = base_env(redis_server.url, APP_ENV="production", ALLOWED_HOSTS="localhost,127.0.0.1")
+    server = make_gunicorn(env).start()
+    assert requests.get(server.url + "/healthz", timeout=5).json() == {"status": "ok"}

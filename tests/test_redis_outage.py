@@ -1,0 +1,72 @@
+"""Redis stops mid-run: 503 with Retry-After fast, health stays up, and
+everything recovers by itself (with the session intact) when Redis is back."""
+
+import re
+import time
+
+import pytest
+import requests
+
+from tests.support.processes import Gunicorn, RedisServer, base_env, wait_until
+
+
+@pytest.fixture
+def outage(tmp_path):
+    redis_server = RedisServer(tmp_path / "redis").start()
+    server = Gunicorn(tmp_path / "gunicorn", base_env(redis_server.url, LOG_FORMAT="text"))
+    server.start()
+    yield redis_server, server
+    server.stop()
+    redis_server.stop()
+
+
+def timed(method, url, **kwargs):
+    started = time.monotonic()
+    response = requests.request(method, url, timeout=10, **kwargs)
+    return response, time.monotonic() - started
+
+
+def test_redis_outage_gives_503_and_recovers(outage):
+    redis_server, server = outage
+    url = server.url
+    login = requests.post(url + "/test/session", json={"user": "ada"}, timeout=5)
+    cookies = {"session": login.cookies["session"]}
+
+    redis_server.stop()
+
+    cases = [
+        ("GET", "/test/session", {"cookies": cookies}),                  # session load
+        ("POST", "/test/session", {"json": {"a": 1}}),                    # session save
+        ("GET", "/test/wait", {}),                                        # Redis in a view
+        ("GET", "/test/session", {"cookies": cookies, "headers": {"Accept": "text/html"}}),
+    ]
+    for method, path, kwargs in cases:
+        r, elapsed = timed(method, url + path, **kwargs)
+        assert r.status_code == 503, (path, r.status_code, r.text)
+        assert r.headers["Retry-After"] == "5"
+        assert elapsed < 1.0, f"{path} took {elapsed:.2f}s"
+        assert "Traceback" not in r.text
+        assert "Set-Cookie" not in r.headers
+    api = requests.get(url + "/test/session", cookies=cookies, timeout=5,
+                       headers={"Accept": "application/json"})
+    assert api.json()["error"] == "store_unavailable"
+    assert "retry" in api.json()["message"]
+
+    assert requests.get(url + "/healthz", timeout=5).status_code == 200
+    ready, elapsed = timed("GET", url + "/readyz")
+    assert ready.status_code == 503 and elapsed < 1.0
+    assert ready.json()["status"] == "unavailable"
+    assert "redis" in ready.json()["checks"]
+
+    redis_server.start()  # same port, same AOF directory
+
+    wait_until(lambda: requests.get(url + "/readyz", timeout=2).status_code == 200, 10, "readyz")
+    back = requests.get(url + "/test/session", cookies=cookies, timeout=5)
+    assert back.status_code == 200
+    assert back.json() == {"user": "ada"}  # the session survived the outage
+    assert server.process.poll() is None  # the same gunicorn kept serving
+    log = server.stdout()
+    assert "Traceback" not in log
+    # LOG_FORMAT=text: one line per request, with its id.
+    assert re.search(r"service\.access: GET /readyz 503 127\.0\.0\.1 [\d.]+ms request_id=\w{32}", log)
+    assert "Redis unavailable: ConnectionError" in log

@@ -1,0 +1,99 @@
+"""Command 1 (scripts/run) on a fresh copy of the repository: it writes .env
+with a new SECRET_KEY, starts a private Redis and gunicorn, answers on its
+port, and Ctrl-C leaves nothing running."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from tests.support.processes import ROOT, free_port, require_binary, wait_until
+
+
+def copy_tracked_files(dest: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
+                           check=True).stdout.split(b"\0")
+    for name in filter(None, files):
+        source = ROOT / name.decode()
+        if source.is_file():
+            target = dest / name.decode()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes())
+            target.chmod(source.stat().st_mode)
+
+
+def descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_run_command_serves_and_ctrl_c_stops_everything(tmp_path):
+    require_binary("redis-server", "redis-server")
+    repo = tmp_path / "clone"
+    copy_tracked_files(repo)
+    port = free_port()
+    env = {
+        "PATH": os.environ["PATH"], "HOME": str(tmp_path), "LANG": "C.UTF-8",
+        # Reuse this virtualenv instead of installing a new one.
+        "VENV": str(Path(sys.executable).parent.parent), "BIND": f"127.0.0.1:{port}",
+    }
+    log = (tmp_path / "run.log").open("wb")
+    process = subprocess.Popen([str(repo / "scripts" / "run")], cwd=repo, env=env,
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def serving():
+            if process.poll() is not None:
+                raise AssertionError(f"scripts/run exited with {process.returncode}")
+            return requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+
+        try:
+            wait_until(serving, 90, "scripts/run to serve /readyz")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{(tmp_path / 'run.log').read_text()}") from None
+        dotenv = (repo / ".env").read_text()
+        secret = next(line.split("=", 1)[1] for line in dotenv.splitlines()
+                      if line.startswith("SECRET_KEY="))
+        assert len(secret) >= 43
+        assert oct((repo / ".env").stat().st_mode & 0o777) == "0o600"
+        assert (repo / ".state" / "redis" / "redis.sock").is_socket()
+        r = requests.get(f"http://127.0.0.1:{port}/", timeout=5)
+        assert r.status_code == 200 and "It works" in r.text
+        started = descendants(process.pid)
+        assert len(started) >= 3  # redis-server, gunicorn master, a worker
+
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        assert process.wait(30) in (0, 130)
+        wait_until(lambda: not any(alive(pid) for pid in started), 10, "children to exit")
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+    output = (tmp_path / "run.log").read_text()
+    assert "/.env with a new SECRET_KEY" in output
+    assert "private Redis at unix://" in output
+    assert "stopped" in output
+    time.sleep(0.2)
+    assert not (repo / ".state" / "redis" / "redis.sock").exists()
