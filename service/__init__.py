@@ -19,8 +19,10 @@ def create_app(settings: Settings | None = None):
         load_dotenv_file()
         settings = Settings.from_env()
     settings.require_valid()
+    _check_rate_limits(settings)
 
-    from . import errors, middleware, redis_client, security, sessions
+    from . import errors, extensions, middleware, redis_client, security, sessions
+    from .accounts import AccountStore
 
     middleware.configure_logging(settings)
     app = errors.Flask(__name__)
@@ -32,15 +34,46 @@ def create_app(settings: Settings | None = None):
     app.extensions["settings"] = settings
 
     redis_client.init_app(app, settings)
-    sessions.init_app(app, app.extensions["redis"], settings)
+    client = app.extensions["redis"]
+    sessions.init_app(app, client, settings)
+    app.extensions["accounts"] = AccountStore(client)
+    app.config.update(
+        # The token is bound to the session's secret, which ends with the
+        # session; the Referer check is off because the token, SameSite and
+        # the __Host- cookie already cover it and API clients send no Referer.
+        WTF_CSRF_TIME_LIMIT=None,
+        WTF_CSRF_SSL_STRICT=False,
+        RATELIMIT_STORAGE_URI=settings.redis_url,
+        RATELIMIT_STORAGE_OPTIONS={"connection_pool": client.connection_pool},
+        RATELIMIT_STRATEGY="moving-window",
+        RATELIMIT_HEADERS_ENABLED=True,
+        RATELIMIT_KEY_PREFIX="ratelimit",
+    )
+    extensions.csrf.init_app(app)
+    extensions.limiter.init_app(app)
     security.init_app(app)
     errors.init_app(app)
 
+    from .api import bp as api_bp
     from .health import bp as health_bp
     from .pages import bp as pages_bp
 
     app.register_blueprint(health_bp)
     app.register_blueprint(pages_bp)
+    app.register_blueprint(api_bp)
 
     app.wsgi_app = middleware.wrap(app.wsgi_app, settings)
     return app
+
+
+def _check_rate_limits(settings: Settings) -> None:
+    from limits import parse_many
+
+    for name, value in (("AUTH_RATE_LIMIT", settings.auth_rate_limit),
+                        ("LOGIN_FAILURE_LIMIT", settings.login_failure_limit)):
+        try:
+            parse_many(value)
+        except ValueError:
+            raise ConfigError(
+                f"{name}={value!r} is not a rate limit; write e.g. '20 per minute'."
+            ) from None

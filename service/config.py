@@ -112,6 +112,8 @@ class Settings:
     session_idle_timeout: int = 3600
     session_absolute_timeout: int = 43200
     max_content_length: int = 1024 * 1024
+    auth_rate_limit: str = "20 per minute"
+    login_failure_limit: str = "5 per 15 minutes"
     allowed_hosts: tuple[str, ...] = ()
     proxy_hops: int = 1
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
@@ -156,6 +158,8 @@ class Settings:
                 environ, "SESSION_ABSOLUTE_TIMEOUT", 43200, minimum=1
             ),
             max_content_length=_number(environ, "MAX_CONTENT_LENGTH", 1024 * 1024, minimum=1024),
+            auth_rate_limit=_get(environ, "AUTH_RATE_LIMIT", "20 per minute"),
+            login_failure_limit=_get(environ, "LOGIN_FAILURE_LIMIT", "5 per 15 minutes"),
             allowed_hosts=_list(environ, "ALLOWED_HOSTS", hosts_default),
             proxy_hops=_number(environ, "PROXY_HOPS", 1, minimum=0),
             forwarded_allow_ips=_list(environ, "FORWARDED_ALLOW_IPS", ("127.0.0.1", "::1")),

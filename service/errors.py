@@ -10,8 +10,10 @@ from __future__ import annotations
 import flask
 from flask import Request, current_app, json, render_template, request
 from redis.exceptions import RedisError
+from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import (
     BadRequest,
+    Forbidden,
     HTTPException,
     InternalServerError,
     ServiceUnavailable,
@@ -107,8 +109,18 @@ def handle_internal_error(exc: InternalServerError):
     return error_response(InternalServerError())
 
 
+def handle_csrf_error(exc: CSRFError):
+    forbidden = Forbidden(
+        f"{exc.description} Fetch a token from GET /api/csrf (or reload the form) "
+        "and send it in the X-CSRF-Token header or the csrf_token field."
+    )
+    forbidden.error_code = "csrf_failed"
+    return error_response(forbidden)
+
+
 def init_app(app) -> None:
     app.request_class = JSONRequest
+    app.register_error_handler(CSRFError, handle_csrf_error)
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(InternalServerError, handle_internal_error)
     app.register_error_handler(RedisError, handle_redis_error)

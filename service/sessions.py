@@ -27,6 +27,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -39,6 +40,7 @@ from .config import Settings
 
 DATA = "d:"
 CREATED = "m:created"
+SEEN = "m:seen"
 SID_BYTES = 32
 # secrets.token_urlsafe(32) gives 43 characters of the URL-safe alphabet.
 SID_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}")
@@ -64,9 +66,27 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
+# A request that only read the session: note when it was last seen and renew
+# the idle timeout, but never recreate a session that is gone.
+TOUCH_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'm:seen', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
 
 class UnknownFormat(ValueError):
     """The stored value was not written by this store."""
+
+
+@dataclass(frozen=True)
+class StoredSession:
+    created_ms: int
+    seen_ms: int
+    data: dict[str, Any]
 
 
 class RedisSession(SessionMixin):
@@ -175,6 +195,7 @@ class RedisSessionStore(RedisSessionInterface):
         self.idle_ms = settings.session_idle_timeout * 1000
         self.absolute_ms = settings.session_absolute_timeout * 1000
         self._save = client.register_script(SAVE_SCRIPT)
+        self._touch = client.register_script(TOUCH_SCRIPT)
 
     # -- ids and keys ------------------------------------------------------
     def generate_sid(self) -> str:
@@ -186,6 +207,13 @@ class RedisSessionStore(RedisSessionInterface):
     # -- storage ---------------------------------------------------------
     def load(self, sid: str) -> tuple[int, dict[str, Any]] | None:
         """(created_ms, data) of a live session, or None."""
+        found = self.peek(sid)
+        if found is None:
+            return None
+        return found.created_ms, found.data
+
+    def peek(self, sid: str) -> StoredSession | None:
+        """A live session as stored, without renewing its idle timeout."""
         try:
             raw = self.client.hgetall(self.key(sid))
         except ResponseError:
@@ -196,33 +224,34 @@ class RedisSessionStore(RedisSessionInterface):
         if not raw:
             return None
         try:
-            created_ms, data = self._decode(raw)
+            found = self._decode(raw)
         except UnknownFormat as exc:
             self.app.logger.warning("session data in an unknown format ignored: %s", exc)
             return None
-        if _now_ms() - created_ms >= self.absolute_ms:
+        if _now_ms() - found.created_ms >= self.absolute_ms:
             self.client.delete(self.key(sid))
             return None
-        return created_ms, data
+        return found
 
     @staticmethod
-    def _decode(raw: dict[bytes, bytes]) -> tuple[int, dict[str, Any]]:
+    def _decode(raw: dict[bytes, bytes]) -> StoredSession:
         data = {}
-        created = None
+        meta = {}
         try:
             for field, value in raw.items():
                 name = field.decode()
-                if name == CREATED:
-                    created = int(value)
+                if name in (CREATED, SEEN):
+                    meta[name] = int(value)
                 elif name.startswith(DATA):
                     data[name[len(DATA):]] = _decode(value)
                 else:
                     raise UnknownFormat(f"unexpected field {name[:40]!r}")
         except (UnicodeDecodeError, ValueError, msgspec.DecodeError) as exc:
             raise UnknownFormat(str(exc)) from None
-        if created is None:
+        if CREATED not in meta:
             raise UnknownFormat("no creation time")
-        return created, data
+        created = meta[CREATED]
+        return StoredSession(created, meta.get(SEEN, created), data)
 
     def ttl_ms(self, session: RedisSession) -> int:
         created = session.created_ms or _now_ms()
@@ -232,10 +261,11 @@ class RedisSessionStore(RedisSessionInterface):
     def write(self, session: RedisSession) -> bool:
         """Write what the request changed; False if the session is gone."""
         to_set, to_delete = session.changes()
-        pairs: list[Any] = []
+        now = _now_ms()
+        pairs: list[Any] = [SEEN, now]
         if not session.stored:
-            session.created_ms = _now_ms()
-            pairs += [CREATED, session.created_ms]
+            session.created_ms = now
+            pairs += [CREATED, now]
         for k, v in to_set.items():
             pairs += [DATA + k, _encode(v)]
         args = ["1" if session.stored else "0", self.ttl_ms(session), len(pairs) // 2]
@@ -283,7 +313,7 @@ class RedisSessionStore(RedisSessionInterface):
             return
         if not session.modified:
             if session.stored:
-                self.client.pexpire(self.key(session.sid), self.ttl_ms(session))
+                self._touch(keys=[self.key(session.sid)], args=[_now_ms(), self.ttl_ms(session)])
             return
         was_new = not session.stored
         if not self.write(session):

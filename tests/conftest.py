@@ -1,5 +1,6 @@
 import pytest
 
+from tests.support.api import ApiClient, new_username
 from tests.support.processes import Gunicorn, RedisServer, base_env
 
 
@@ -13,7 +14,8 @@ def redis_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def service(redis_server, tmp_path_factory):
     """One gevent worker of the test app, shared by the read-mostly tests."""
-    env = base_env(redis_server.url, REDIS_MAX_CONNECTIONS=150, MAX_CONTENT_LENGTH=4096)
+    env = base_env(redis_server.url, REDIS_MAX_CONNECTIONS=150, MAX_CONTENT_LENGTH=4096,
+                   AUTH_RATE_LIMIT="1000 per minute", LOGIN_FAILURE_LIMIT="1000 per minute")
     server = Gunicorn(tmp_path_factory.mktemp("gunicorn"), env).start()
     yield server
     server.stop()
@@ -32,3 +34,26 @@ def make_gunicorn(tmp_path):
     yield make
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def api(service):
+    """Make API clients (each its own browser-like cookie jar) for the shared service."""
+    clients = []
+
+    def make(base_url=None, **kwargs):
+        client = ApiClient(base_url or service.url, **kwargs)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def account(api):
+    """A registered account: (username, password)."""
+    username, password = new_username(), "correct horse battery"
+    assert api().register(username, password).status_code == 201
+    return username, password

@@ -1,0 +1,177 @@
+"""Accounts and the server-side session lifecycle, shared by pages and API.
+
+What the session holds once logged in (all of it only in Redis):
+``uid``, ``auth_time``, ``handle`` (the public name of this session in the
+sessions list), ``login_ip``, ``user_agent``, ``account_number`` (the user's
+sensitive data shown on the account page), and Flask-WTF's ``csrf_token``
+secret.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from functools import wraps
+
+from flask import current_app, g, request, session
+
+from .passwords import hash_password, verify_password
+from .store import (
+    AccountStore,
+    User,
+    UsernameTaken,
+    ValidationFailed,
+    normalize_username,
+    password_problem,
+    validate_credentials,
+)
+
+__all__ = [
+    "AccountStore", "User", "UsernameTaken", "ValidationFailed", "authenticate",
+    "change_password", "current_user", "delete_account", "end_session", "list_sessions",
+    "register", "revoke_other_sessions", "revoke_session", "start_session",
+]
+
+USER_AGENT_MAX = 200
+
+
+def accounts() -> AccountStore:
+    return current_app.extensions["accounts"]
+
+
+def _sessions():
+    return current_app.session_interface
+
+
+def current_user() -> User | None:
+    """The logged-in user of this request, or None (cached per request)."""
+    if "user" not in g:
+        g.user = accounts().get(session.get("uid"))
+        if g.user is None and "uid" in session:
+            session.clear()  # the account is gone: so is this session
+    return g.user
+
+
+def login_required(on_anonymous):
+    """Decorator: call the view with the user, or return on_anonymous()."""
+
+    def decorator(view):
+        @wraps(view)
+        def wrapped(*args, **kwargs):
+            user = current_user()
+            if user is None:
+                return on_anonymous()
+            return view(user, *args, **kwargs)
+
+        return wrapped
+
+    return decorator
+
+
+def register(username, password) -> User:
+    name = validate_credentials(username, password)
+    return accounts().create(name, hash_password(password))
+
+
+def authenticate(username, password) -> User | None:
+    """The user for these credentials, or None; same work either way."""
+    user = accounts().find(normalize_username(username))
+    password = password if isinstance(password, str) else ""
+    if not verify_password(user.password_hash if user else None, password[:512]):
+        return None
+    return user
+
+
+def start_session(user: User) -> None:
+    """Log in: a new session id (the old one dies), fresh CSRF secret."""
+    _sessions().regenerate(session)
+    session.clear()
+    handle = secrets.token_urlsafe(12)
+    session.update(
+        uid=user.uid,
+        auth_time=int(time.time()),
+        handle=handle,
+        login_ip=request.remote_addr or "",
+        user_agent=(request.user_agent.string or "")[:USER_AGENT_MAX],
+        account_number=user.account_number,
+    )
+    accounts().add_session(user.uid, handle, session.sid, _sessions().settings.session_absolute_timeout)
+    g.user = user
+
+
+def end_session() -> None:
+    """Log out: the session is deleted in Redis when this response is saved."""
+    uid, handle = session.get("uid"), session.get("handle")
+    session.clear()
+    if uid and handle:
+        accounts().remove_session(uid, handle)
+    g.user = None
+
+
+def list_sessions(user: User) -> list[dict]:
+    store = _sessions()
+    current = session.get("handle")
+    found = []
+    for handle, sid in accounts().session_ids(user.uid).items():
+        stored = store.peek(sid)
+        if stored is None or stored.data.get("uid") != user.uid:
+            continue
+        found.append({
+            "handle": handle,
+            "created": stored.created_ms // 1000,
+            "last_seen": stored.seen_ms // 1000,
+            "ip": stored.data.get("login_ip", ""),
+            "user_agent": stored.data.get("user_agent", ""),
+            "current": handle == current,
+        })
+    found.sort(key=lambda s: (not s["current"], -s["last_seen"]))
+    return found
+
+
+def revoke_session(user: User, handle: str) -> bool:
+    """End one of the user's sessions by its handle; False if there is none."""
+    if handle == session.get("handle"):
+        end_session()
+        return True
+    sid = accounts().session_ids(user.uid).get(handle)
+    if sid is None:
+        return False
+    _sessions().delete(sid)
+    accounts().remove_session(user.uid, handle)
+    return True
+
+
+def revoke_other_sessions(user: User) -> int:
+    current = session.get("handle")
+    others = {h: s for h, s in accounts().session_ids(user.uid).items() if h != current}
+    for handle, sid in others.items():
+        _sessions().delete(sid)
+        accounts().remove_session(user.uid, handle)
+    return len(others)
+
+
+def change_password(user: User, current_password, new_password) -> None:
+    """New password; every other session ends and this one gets a new id."""
+    problems = password_problem(new_password, "new_password")
+    if problems:
+        raise ValidationFailed(problems)
+    if not verify_password(user.password_hash, current_password if isinstance(
+            current_password, str) else ""):
+        raise PermissionError("current password is wrong")
+    accounts().set_password(user.uid, hash_password(new_password))
+    revoke_other_sessions(user)
+    _sessions().regenerate(session)
+    session.pop("csrf_token", None)
+    accounts().add_session(user.uid, session["handle"], session.sid,
+                           _sessions().settings.session_absolute_timeout)
+
+
+def delete_account(user: User, password) -> None:
+    if not verify_password(user.password_hash, password if isinstance(password, str) else ""):
+        raise PermissionError("password is wrong")
+    for _handle, sid in accounts().session_ids(user.uid).items():
+        _sessions().delete(sid)
+    accounts().drop_index(user.uid)
+    accounts().delete(user)
+    session.clear()
+    g.user = None

@@ -1,0 +1,146 @@
+"""Accounts and each user's index of live sessions, in Redis.
+
+    user:<uid>            hash: username, password (argon2id), created, account_number
+    username:<name>       string: uid (the username index; SET NX makes names unique)
+    user:<uid>:sessions   hash: public handle -> session id, one per live session
+
+The session index is pruned whenever it is read: entries whose session key
+has expired or was deleted drop out.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+import unicodedata
+from dataclasses import dataclass
+
+from redis import Redis
+
+USERNAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{2,31}")
+PASSWORD_MIN, PASSWORD_MAX = 8, 256
+
+
+class ValidationFailed(ValueError):
+    def __init__(self, fields: dict[str, str]):
+        super().__init__("; ".join(f"{k}: {v}" for k, v in fields.items()))
+        self.fields = fields
+
+
+class UsernameTaken(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class User:
+    uid: str
+    username: str
+    password_hash: str
+    created: int
+    account_number: str
+
+
+def normalize_username(raw) -> str:
+    """NFKC and case-folded, so look-alike spellings map to one account."""
+    if not isinstance(raw, str):
+        return ""
+    return unicodedata.normalize("NFKC", raw).strip().casefold()
+
+
+def validate_credentials(username, password, field="password") -> str:
+    """The normalized username; ValidationFailed naming every bad field."""
+    problems = {}
+    name = normalize_username(username)
+    if not USERNAME_PATTERN.fullmatch(name):
+        problems["username"] = (
+            "3 to 32 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    problems.update(password_problem(password, field))
+    if problems:
+        raise ValidationFailed(problems)
+    return name
+
+
+def password_problem(password, field="password") -> dict[str, str]:
+    if not isinstance(password, str) or not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
+        return {field: f"{PASSWORD_MIN} to {PASSWORD_MAX} characters"}
+    return {}
+
+
+class AccountStore:
+    def __init__(self, client: Redis):
+        self.r = client
+
+    # -- accounts --------------------------------------------------------
+    def create(self, username: str, password_hash: str) -> User:
+        uid = secrets.token_hex(12)
+        user = User(
+            uid=uid,
+            username=username,
+            password_hash=password_hash,
+            created=int(time.time()),
+            account_number=f"ACCT-{secrets.randbelow(10**12):012d}",
+        )
+        self.r.hset(f"user:{uid}", mapping={
+            "username": user.username, "password": user.password_hash,
+            "created": user.created, "account_number": user.account_number,
+        })
+        # The record first, then the name: a crash in between leaves an
+        # unreachable record, never a name that points at nothing.
+        if not self.r.set(f"username:{username}", uid, nx=True):
+            self.r.delete(f"user:{uid}")
+            raise UsernameTaken(username)
+        return user
+
+    def get(self, uid: str | None) -> User | None:
+        if not uid:
+            return None
+        raw = self.r.hgetall(f"user:{uid}")
+        if not raw:
+            return None
+        data = {k.decode(): v.decode() for k, v in raw.items()}
+        return User(uid, data["username"], data["password"], int(data["created"]),
+                    data["account_number"])
+
+    def find(self, username: str) -> User | None:
+        uid = self.r.get(f"username:{username}")
+        return self.get(uid.decode()) if uid else None
+
+    def set_password(self, uid: str, password_hash: str) -> None:
+        self.r.hset(f"user:{uid}", "password", password_hash)
+
+    def delete(self, user: User) -> None:
+        self.r.delete(f"user:{user.uid}", f"username:{user.username}")
+
+    # -- the per-user session index ------------------------------------------
+    def index_key(self, uid: str) -> str:
+        return f"user:{uid}:sessions"
+
+    def add_session(self, uid: str, handle: str, sid: str, ttl_seconds: int) -> None:
+        with self.r.pipeline() as pipe:
+            pipe.hset(self.index_key(uid), handle, sid)
+            # The index never outlives the longest session it can list.
+            pipe.expire(self.index_key(uid), ttl_seconds)
+            pipe.execute()
+
+    def remove_session(self, uid: str, handle: str) -> None:
+        self.r.hdel(self.index_key(uid), handle)
+
+    def session_ids(self, uid: str) -> dict[str, str]:
+        """handle -> session id of the user's live sessions (pruning dead ones)."""
+        raw = self.r.hgetall(self.index_key(uid))
+        entries = {h.decode(): s.decode() for h, s in raw.items()}
+        if not entries:
+            return {}
+        with self.r.pipeline(transaction=False) as pipe:
+            for sid in entries.values():
+                pipe.exists(f"session:{sid}")
+            alive = pipe.execute()
+        dead = [h for (h, _), ok in zip(entries.items(), alive) if not ok]
+        if dead:
+            self.r.hdel(self.index_key(uid), *dead)
+        return {h: s for h, s in entries.items() if h not in dead}
+
+    def drop_index(self, uid: str) -> None:
+        self.r.delete(self.index_key(uid))
