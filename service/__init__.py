@@ -43,7 +43,8 @@ def create_app(settings: Settings | None = None):
         # the __Host- cookie already cover it and API clients send no Referer.
         WTF_CSRF_TIME_LIMIT=None,
         WTF_CSRF_SSL_STRICT=False,
-        RATELIMIT_STORAGE_URI=settings.redis_url,
+        # The pool carries the real location (limits knows no unix:// scheme).
+        RATELIMIT_STORAGE_URI="redis://",
         RATELIMIT_STORAGE_OPTIONS={"connection_pool": client.connection_pool},
         RATELIMIT_STRATEGY="moving-window",
         RATELIMIT_HEADERS_ENABLED=True,

@@ -34,9 +34,15 @@ def _failed(response) -> bool:
     return response.status_code == 401
 
 
-auth_per_ip = limiter.shared_limit(lambda: _settings().auth_rate_limit, scope="auth-per-ip")
+# Only attempts count: showing a login form (GET) does not.
+ATTEMPTS = ["POST", "DELETE"]
+
+auth_per_ip = limiter.shared_limit(
+    lambda: _settings().auth_rate_limit, scope="auth-per-ip", methods=ATTEMPTS
+)
 failures_per_account = limiter.limit(
     lambda: _settings().login_failure_limit,
     key_func=_account_and_address,
     deduct_when=_failed,
+    methods=ATTEMPTS,
 )

@@ -296,7 +296,9 @@ class RedisSessionStore(RedisSessionInterface):
         if not session.accessed:
             return  # never touched: no Redis I/O, no cookie
         response.vary.add("Cookie")
-        response.headers["Cache-Control"] = "no-store"
+        if session.stored or session:
+            # Personal data may be in this response: no cache may keep it.
+            response.headers["Cache-Control"] = "no-store"
         if getattr(session, "save_failed", False):
             return  # a second pass while the error page is rendered
         try:

@@ -6,7 +6,7 @@ import socket
 import pytest
 import requests
 
-from tests.support.processes import base_env
+from tests.support.processes import base_env, wait_until
 
 SECURITY_HEADERS = (
     "Content-Security-Policy", "Cross-Origin-Opener-Policy", "Cross-Origin-Resource-Policy",
@@ -114,8 +114,15 @@ def test_forwarded_headers_from_anyone_else_are_ignored(redis_server, make_gunic
 def test_one_json_log_line_per_request_with_its_request_id(service):
     r = requests.get(service.url + "/healthz?probe=1", timeout=5)
     request_id = r.headers["X-Request-ID"]
-    lines = [json.loads(line) for line in service.stdout().splitlines() if line.startswith("{")]
-    mine = [line for line in lines if line.get("request_id") == request_id]
+
+    def logged():
+        lines = [json.loads(line) for line in service.stdout().splitlines()
+                 if line.startswith("{")]
+        return [line for line in lines if line.get("request_id") == request_id]
+
+    # The line is written when the server closes the response, just after
+    # the client has read it.
+    mine = wait_until(logged, 5, "the access log line")
     assert len(mine) == 1
     entry = mine[0]
     assert entry["method"] == "GET" and entry["path"] == "/healthz" and entry["status"] == 200

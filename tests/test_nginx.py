@@ -285,10 +285,14 @@ def test_static_file_has_security_headers_and_cache_policy(nginx):
     assert_headers_once(missing, HTML_HEADERS)
 
 
-def test_text_responses_are_gzipped(nginx):
-    response = nginx.request("GET", "/", headers={"Accept-Encoding": "gzip"})
-    assert response.header("Content-Encoding") == "gzip"
-    assert response.header("Vary") == "Accept-Encoding"
+def test_static_text_is_gzipped_but_app_responses_are_not(nginx):
+    css = nginx.request("GET", "/static/app.css", headers={"Accept-Encoding": "gzip"})
+    assert css.header("Content-Encoding") == "gzip"
+    assert css.header("Vary") == "Accept-Encoding"
+    # App pages carry CSRF tokens and account data: never compressed (BREACH).
+    page = nginx.request("GET", "/login", headers={"Accept-Encoding": "gzip"})
+    assert page.status == 200 and b"csrf_token" in page.body
+    assert page.header("Content-Encoding") is None
 
 
 def test_nginx_502_page_has_security_headers_and_a_helpful_message(

@@ -15,7 +15,9 @@ from tests.support.processes import ROOT, free_port, require_binary, wait_until
 
 
 def copy_tracked_files(dest: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
+    # What a fresh clone would hold, plus files not committed yet (not ignored).
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           cwd=ROOT, capture_output=True,
                            check=True).stdout.split(b"\0")
     for name in filter(None, files):
         source = ROOT / name.decode()
