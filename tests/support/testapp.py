@@ -35,6 +35,16 @@ def write_session():
     return {"stored": sorted(session)}
 
 
+@bp.post("/slow-write")
+def slow_write():
+    """Load the session, block for a while, then write one key of it."""
+    body = request.get_json()
+    before = dict(session)
+    get_redis().blpop(f"test:wait:{uuid.uuid4().hex}", timeout=min(float(body["seconds"]), 3.0))
+    session[body["key"]] = body["value"]
+    return {"before": before}
+
+
 @bp.post("/echo")
 def echo():
     return {"received": request.get_json()}

@@ -1,0 +1,69 @@
+"""Login and registration limits (Flask-Limiter on the same Redis): 429 with
+Retry-After, per client address and per account+address, so an attacker
+cannot lock a victim out."""
+
+import pytest
+
+from tests.support.api import ApiClient, new_username
+from tests.support.processes import RedisServer, base_env
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def limited(tmp_path, make_gunicorn):
+    redis_server = RedisServer(tmp_path / "redis").start()
+    env = base_env(redis_server.url, AUTH_RATE_LIMIT="6 per minute",
+                   LOGIN_FAILURE_LIMIT="3 per minute")
+    server = make_gunicorn(env).start()
+    clients = []
+
+    def client_from(address):
+        client = ApiClient(server.url, forwarded_for=address)
+        clients.append(client)
+        return client
+
+    yield client_from, redis_server
+    for client in clients:
+        client.close()
+    redis_server.stop()
+
+
+def test_failed_logins_are_limited_per_account_and_address(limited):
+    client_from, redis_server = limited
+    victim_name = new_username("victim")
+    victim = client_from("198.51.100.10")
+    assert victim.register(victim_name, PASSWORD).status_code == 201
+
+    attacker = client_from("203.0.113.66")
+    statuses = [attacker.login(victim_name, f"guess {i}").status_code for i in range(4)]
+    assert statuses == [401, 401, 401, 429]
+    blocked = attacker.login(victim_name, PASSWORD)  # even the right password now
+    assert blocked.status_code == 429
+    assert int(blocked.headers["Retry-After"]) > 0
+    assert blocked.json()["error"] == "rate_limited"
+
+    # The victim, from their own address, is not locked out.
+    assert victim.login(victim_name, PASSWORD).status_code == 200
+    with redis_server.client() as db:
+        assert list(db.scan_iter("LIMITS:LIMITER/ratelimit/*"))  # counters live in Redis
+
+
+def test_attempts_are_limited_per_address(limited):
+    client_from, _ = limited
+    flood = client_from("203.0.113.99")
+    statuses = [flood.register(new_username(), PASSWORD).status_code for _ in range(6)]
+    assert statuses == [201] * 6
+    over = flood.login(new_username(), PASSWORD)  # login and register share the budget
+    assert over.status_code == 429
+    assert "Retry-After" in over.headers
+    assert client_from("203.0.113.100").register(new_username(), PASSWORD).status_code == 201
+
+
+def test_successful_logins_do_not_use_up_the_failure_budget(limited):
+    client_from, _ = limited
+    name = new_username()
+    assert client_from("198.51.100.20").register(name, PASSWORD).status_code == 201
+    statuses = [client_from("198.51.100.21").login(name, PASSWORD).status_code
+                for _ in range(5)]
+    assert statuses == [200] * 5
