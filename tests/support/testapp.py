@@ -45,6 +45,12 @@ def slow_write():
     return {"before": before}
 
 
+@bp.get("/csp-violation")
+def csp_violation():
+    """A page the strict CSP must block: the browser test's positive control."""
+    return "<!doctype html><title>x</title><style>body { color: red }</style><p>x</p>"
+
+
 @bp.post("/echo")
 def echo():
     return {"received": request.get_json()}
