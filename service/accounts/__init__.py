@@ -160,8 +160,9 @@ def change_password(user: User, current_password, new_password) -> None:
         raise PermissionError("current password is wrong")
     accounts().set_password(user.uid, hash_password(new_password))
     revoke_other_sessions(user)
+    # A new id for this session too; its CSRF secret carries over, so the
+    # client's token keeps working (the API answers 204 with no new token).
     _sessions().regenerate(session)
-    session.pop("csrf_token", None)
     accounts().add_session(user.uid, session["handle"], session.sid,
                            _sessions().settings.session_absolute_timeout)
 

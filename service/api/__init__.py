@@ -87,7 +87,7 @@ def change_password(user):
         return api_error(422, "validation_failed", "Some fields are not valid.", fields=exc.fields)
     except PermissionError:
         return api_error(401, "invalid_credentials", "The current password is wrong.")
-    return {"csrf_token": generate_csrf()}, 200
+    return "", 204
 
 
 @bp.delete("/account")

@@ -24,6 +24,16 @@ def wait():
     return {"started": started, "finished": time.time()}
 
 
+@bp.get("/cpu")
+def cpu():
+    """About 2 ms of pure-Python work that never yields (bench/workers.py)."""
+    rounds = min(int(request.args.get("rounds", 32_000)), 320_000)
+    total = 0
+    for i in range(rounds):
+        total += i * i % 7
+    return {"rounds": rounds, "total": total}
+
+
 @bp.get("/session")
 def read_session():
     return dict(session)
