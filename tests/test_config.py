@@ -117,3 +117,17 @@ def test_check_command_fails_and_explains_when_not_ready():
     dev = run_check({**PROD, "APP_ENV": "development"})
     assert dev.returncode == 1
     assert "set APP_ENV=production" in dev.stderr
+
+
+def test_env_example_documents_every_variable_the_code_reads():
+    import re
+
+    sources = [*ROOT.glob("service/*.py"), ROOT / "gunicorn.conf.py"]
+    pattern = re.compile(r'(?:_get|_number|_bool|_list)\(\s*environ,\s*"([A-Z_]+)"'
+                         r'|\benv\("([A-Z_]+)"|os\.environ\.get\("([A-Z_]+)"')
+    read = {name for path in sources for match in pattern.findall(path.read_text())
+            for name in match if name}
+    assert {"SECRET_KEY", "REDIS_URL", "APP_ENV", "BIND"} <= read  # the scan works
+    documented = set(re.findall(r"^#? ?([A-Z_]+)[=:]", (ROOT / ".env.example").read_text(),
+                                re.M))
+    assert read - documented == set()
