@@ -33,6 +33,8 @@ __all__ = [
 ]
 
 USER_AGENT_MAX = 200
+# Sent with logout and account deletion: the browser drops what it kept.
+CLEAR_SITE_DATA = '"cache", "cookies", "storage"'
 
 
 def accounts() -> AccountStore:

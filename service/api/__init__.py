@@ -16,8 +16,6 @@ from .errors import api_error
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
-CLEAR_SITE_DATA = '"cache", "cookies", "storage"'
-
 
 def json_object() -> dict:
     body = request.get_json()
@@ -67,7 +65,7 @@ def login():
 @bp.post("/auth/logout")
 def logout():
     accounts.end_session()
-    return "", 204, {"Clear-Site-Data": CLEAR_SITE_DATA}
+    return "", 204, {"Clear-Site-Data": accounts.CLEAR_SITE_DATA}
 
 
 @bp.get("/me")
@@ -99,7 +97,7 @@ def delete_account(user):
         accounts.delete_account(user, body.get("password"))
     except PermissionError:
         return api_error(401, "invalid_credentials", "The password is wrong.")
-    return "", 204, {"Clear-Site-Data": CLEAR_SITE_DATA}
+    return "", 204, {"Clear-Site-Data": accounts.CLEAR_SITE_DATA}
 
 
 @bp.get("/sessions")

@@ -18,8 +18,6 @@ from .forms import ConfirmForm, CredentialsForm, DeleteAccountForm, PasswordForm
 
 bp = Blueprint("pages", __name__)
 
-CLEAR_SITE_DATA = '"cache", "cookies", "storage"'
-
 
 def safe_next(target: str | None, default: str = "/account") -> str:
     """Only same-origin paths: no scheme, no host, no '//' or '\\' tricks."""
@@ -98,7 +96,7 @@ def logout():
     if form.validate_on_submit():
         accounts.end_session()
     response = redirect(url_for("pages.index"))
-    response.headers["Clear-Site-Data"] = CLEAR_SITE_DATA
+    response.headers["Clear-Site-Data"] = accounts.CLEAR_SITE_DATA
     return response
 
 
@@ -142,7 +140,8 @@ def delete_account(user):
             form.password.errors.append("The password is wrong.")
             return render_template("account.html", user=user, password_form=PasswordForm(),
                                    delete_form=form), 401
-        return render_template("deleted.html"), 200, {"Clear-Site-Data": CLEAR_SITE_DATA}
+        headers = {"Clear-Site-Data": accounts.CLEAR_SITE_DATA}
+        return render_template("deleted.html"), 200, headers
     return render_template("account.html", user=user, password_form=PasswordForm(),
                            delete_form=form), 422
 
