@@ -53,6 +53,19 @@ ensure_venv() {
   fi
 }
 
+# ensure_node_modules DIR: npm ci in DIR when its package-lock.json changed.
+# --ignore-scripts: install scripts may fetch from hosts other than the registry.
+ensure_node_modules() {
+  local dir=$1 stamp digest
+  stamp="$dir/node_modules/.installed"
+  digest=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$digest" ]; then
+    say "installing npm packages in ${dir#"$ROOT"/}"
+    (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund --silent)
+    echo "$digest" >"$stamp"
+  fi
+}
+
 # The developer's .env (DOTENV_PATH moves it, as for service/config.py).
 DOTENV=${DOTENV_PATH:-$ROOT/.env}
 

@@ -1,7 +1,9 @@
 import pytest
 
 from tests.support.api import ApiClient, new_username
+from tests.support.nginx import Nginx
 from tests.support.processes import Gunicorn, RedisServer, base_env
+from tests.support.tls import LocalCA
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +59,27 @@ def account(api):
     username, password = new_username(), "correct horse battery"
     assert api().register(username, password).status_code == 201
     return username, password
+
+
+@pytest.fixture
+def nginx_front(redis_server, tmp_path):
+    """Start the production shape: gunicorn (APP_ENV=production) on a unix
+    socket behind nginx with a throwaway CA's certificate for app.test.
+    Returns (nginx, gunicorn); both are stopped afterwards."""
+    started = []
+
+    def start(host="app.test", **env_overrides):
+        ca = LocalCA(tmp_path / "ca")
+        env = base_env(redis_server.url, APP_ENV="production", ALLOWED_HOSTS=host,
+                       **env_overrides)
+        gunicorn = Gunicorn(tmp_path / "gunicorn", env, bind=f"unix:{tmp_path}/gunicorn.sock")
+        started.append(gunicorn.start())
+        nginx = Nginx(tmp_path / "nginx", upstream=gunicorn.bind, certs=[ca.issue(host)],
+                      ca_file=ca.cert_path, server_names=(host,))
+        started.append(nginx)
+        nginx.start()
+        return nginx, gunicorn
+
+    yield start
+    for process in reversed(started):
+        process.stop()

@@ -9,34 +9,14 @@ import ssl
 import threading
 import time
 
-import pytest
-
-from tests.support.nginx import Nginx, _ResolvedHTTPS
-from tests.support.processes import Gunicorn, base_env, wait_until
-from tests.support.tls import LocalCA
+from tests.support.nginx import _ResolvedHTTPS
+from tests.support.processes import wait_until
 
 HOST = "app.test"
 
 
-@pytest.fixture
-def stack(redis_server, tmp_path):
-    ca = LocalCA(tmp_path / "ca")
-    env = base_env(redis_server.url, APP_ENV="production", ALLOWED_HOSTS=HOST,
-                   WEB_CONCURRENCY=2)
-    gunicorn = Gunicorn(tmp_path / "gunicorn", env, bind=f"unix:{tmp_path}/gunicorn.sock")
-    gunicorn.start()
-    nginx = Nginx(tmp_path / "nginx", upstream=gunicorn.bind, certs=[ca.issue(HOST)],
-                  ca_file=ca.cert_path, server_names=(HOST,))
-    try:
-        nginx.start()
-        yield nginx, gunicorn
-    finally:
-        nginx.stop()
-        gunicorn.stop()
-
-
-def test_gunicorn_hup_behind_nginx_under_load_fails_no_request(stack):
-    nginx, gunicorn = stack
+def test_gunicorn_hup_behind_nginx_under_load_fails_no_request(nginx_front):
+    nginx, gunicorn = nginx_front(WEB_CONCURRENCY=2)
     context = ssl.create_default_context(cafile=str(nginx.ca_file))
     counts = {"ok": 0}
     failures: list[str] = []
