@@ -83,7 +83,8 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
-    if not _is_gevent(worker):
+    worker.is_gevent = _is_gevent(worker)  # once, not per request
+    if not worker.is_gevent:
         return
     problems = bootguard.problems(worker.imported_before_patch)
     if problems:
@@ -98,7 +99,7 @@ def post_request(worker, req, environ, resp):
     # whose next request is already buffered is served back to back while
     # others wait (p99 of seconds, measured: shared/FIELD-NOTES.md);
     # gevent.idle() lets every ready socket in first.
-    if _is_gevent(worker):
+    if getattr(worker, "is_gevent", False):
         import gevent
 
         gevent.idle()

@@ -81,8 +81,8 @@ ensure_dotenv() {
   [ ! -f "$DOTENV" ] || return 0
   local secret
   secret=$("$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(48))')
-  sed "s|^SECRET_KEY=.*|SECRET_KEY=$secret|" "$ROOT/.env.example" >"$DOTENV"
-  chmod 600 "$DOTENV"
+  # umask first: the secret is never readable by others, not even briefly.
+  (umask 077 && sed "s|^SECRET_KEY=.*|SECRET_KEY=$secret|" "$ROOT/.env.example" >"$DOTENV")
   say "wrote $DOTENV with a new SECRET_KEY"
 }
 

@@ -22,7 +22,7 @@ def create_app(settings: Settings | None = None):
     _check_rate_limits(settings)
 
     from . import errors, extensions, middleware, redis_client, security, sessions
-    from .accounts import AccountStore
+    from .accounts import AccountStore, index_session
 
     middleware.configure_logging(settings)
     app = errors.Flask(__name__)
@@ -37,6 +37,7 @@ def create_app(settings: Settings | None = None):
     client = app.extensions["redis"]
     sessions.init_app(app, client, settings)
     app.extensions["accounts"] = AccountStore(client)
+    app.session_interface.on_new_id.append(index_session)
     app.config.update(
         # The token is bound to the session's secret, which ends with the
         # session; the Referer check is off because the token, SameSite and

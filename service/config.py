@@ -104,7 +104,7 @@ class Settings:
     redis_max_connections: int = 50
     redis_pool_timeout: float = 5.0
     redis_connect_timeout: float = 1.0
-    redis_socket_timeout: float = 5.0
+    redis_socket_timeout: float = 2.0
     redis_retries: int = 2
     session_cookie_name: str = "__Host-session"
     session_cookie_secure: bool = True
@@ -148,7 +148,7 @@ class Settings:
             redis_max_connections=_number(environ, "REDIS_MAX_CONNECTIONS", 50, minimum=1),
             redis_pool_timeout=_number(environ, "REDIS_POOL_TIMEOUT", 5.0, float, 0.1),
             redis_connect_timeout=_number(environ, "REDIS_CONNECT_TIMEOUT", 1.0, float, 0.05),
-            redis_socket_timeout=_number(environ, "REDIS_SOCKET_TIMEOUT", 5.0, float, 0.05),
+            redis_socket_timeout=_number(environ, "REDIS_SOCKET_TIMEOUT", 2.0, float, 0.05),
             redis_retries=_number(environ, "REDIS_RETRIES", 2, minimum=0),
             session_cookie_name=_get(environ, "SESSION_COOKIE_NAME", cookie_default),
             session_cookie_secure=_bool(environ, "SESSION_COOKIE_SECURE", secure_default),

@@ -1,13 +1,20 @@
-"""Abuse limits on login and registration (Flask-Limiter, counters in Redis).
+"""Abuse limits on credentials (Flask-Limiter, counters in Redis).
 
-* ``auth_per_ip``: every login and registration attempt counts against the
-  client address (AUTH_RATE_LIMIT).
+* ``auth_per_ip``: every attempt that submits a password (login,
+  registration, password change, account deletion) counts against the client
+  address (AUTH_RATE_LIMIT).
 * ``failures_per_account``: failed logins (401) count against the pair
-  (account, client address) (LOGIN_FAILURE_LIMIT). Keying on the pair means
-  an attacker failing logins for a victim's account from elsewhere exhausts
-  only their own budget: the victim, from their own address, can still log in.
+  (account named in the request, client address) (LOGIN_FAILURE_LIMIT).
+  Keying on the pair means an attacker failing logins for a victim's account
+  from elsewhere exhausts only their own budget: the victim, from their own
+  address, can still log in.
+* ``failures_per_user``: the same for the logged-in user's own password
+  checks (password change, account deletion), keyed on the session's user,
+  never on anything in the request body.
 
-Over the limit: 429 with Retry-After.
+Over a limit: 429 with Retry-After. Failures are counted when the response
+is known, so a burst of parallel guesses can exceed LOGIN_FAILURE_LIMIT by
+what AUTH_RATE_LIMIT still lets through from that address.
 """
 
 from __future__ import annotations
@@ -18,31 +25,40 @@ from flask_limiter.util import get_remote_address
 from .accounts.store import normalize_username
 from .extensions import limiter
 
+# Only attempts count: showing a login form (GET) does not.
+ATTEMPTS = ["POST", "DELETE"]
+
 
 def _settings():
     return current_app.extensions["settings"]
 
 
-def _account_and_address() -> str:
+def _named_account_and_address() -> str:
     body = request.get_json(silent=True) if request.is_json else request.form
     username = body.get("username") if hasattr(body, "get") else None
-    account = normalize_username(username) or session.get("uid", "")
-    return f"{account}|{get_remote_address()}"
+    return f"{normalize_username(username)}|{get_remote_address()}"
+
+
+def _user_and_address() -> str:
+    return f"uid:{session.get('uid', '')}|{get_remote_address()}"
 
 
 def _failed(response) -> bool:
     return response.status_code == 401
 
 
-# Only attempts count: showing a login form (GET) does not.
-ATTEMPTS = ["POST", "DELETE"]
-
 auth_per_ip = limiter.shared_limit(
     lambda: _settings().auth_rate_limit, scope="auth-per-ip", methods=ATTEMPTS
 )
 failures_per_account = limiter.limit(
     lambda: _settings().login_failure_limit,
-    key_func=_account_and_address,
+    key_func=_named_account_and_address,
+    deduct_when=_failed,
+    methods=ATTEMPTS,
+)
+failures_per_user = limiter.limit(
+    lambda: _settings().login_failure_limit,
+    key_func=_user_and_address,
     deduct_when=_failed,
     methods=ATTEMPTS,
 )

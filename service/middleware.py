@@ -135,9 +135,14 @@ class _ClosingIterator:
             self.on_close()
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 class _TextFormatter(logging.Formatter):
     def format(self, record):
-        line = super().format(record)
+        # A decoded path may hold %0a: escape control characters so nobody can
+        # forge a log line (the JSON format escapes them anyway).
+        line = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", super().format(record))
         request_id = getattr(record, "request_id", None)
         return f"{line} request_id={request_id}" if request_id else line
 

@@ -6,7 +6,7 @@ import os
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ConnectionError, TimeoutError
+from redis.exceptions import ConnectionError
 from redis.retry import Retry
 
 from .config import Settings
@@ -28,14 +28,16 @@ def make_client(
     redis-py's default pool raises as soon as it is exhausted; under hundreds
     of greenlets that means a burst of 500s. A BlockingConnectionPool makes a
     greenlet wait up to ``pool_timeout`` for a free connection instead.
-    Retries are few and short, so a Redis outage becomes a 503 within a second
-    rather than a hung request, and a connection broken by a Redis restart is
-    replaced transparently.
+    Retries are few and short and only for connection errors, so a stopped
+    Redis becomes a 503 within a second and a hung one after
+    ``socket_timeout``, and a connection broken by a Redis restart is replaced
+    transparently. (Long blocking commands, BLPOP with a timeout above
+    ``socket_timeout``, need a client of their own.)
     """
     retry = Retry(
         ExponentialWithJitterBackoff(cap=0.2, base=0.02),
         retries,
-        supported_errors=(ConnectionError, TimeoutError),
+        supported_errors=(ConnectionError,),
     )
     pool = redis.BlockingConnectionPool.from_url(
         settings.redis_url,

@@ -174,10 +174,11 @@ class RedisSession(SessionMixin):
         keys = set(data) if (self._rewrite_all or not self.stored) else self._dirty
         return {k: data[k] for k in keys if k in data}, set(self._deleted)
 
-    def mark_rotated(self, new_sid: str) -> None:
+    def mark_rotated(self, new_sid: str, restart_clock: bool) -> None:
         self.sid = new_sid
         self.stored = False
-        self.created_ms = None
+        if restart_clock:
+            self.created_ms = None
         self._deleted.clear()
 
 
@@ -194,6 +195,10 @@ class RedisSessionStore(RedisSessionInterface):
         self.settings = settings
         self.idle_ms = settings.session_idle_timeout * 1000
         self.absolute_ms = settings.session_absolute_timeout * 1000
+        # Called with the session once it is stored under a new id (created
+        # or rotated); the accounts index sessions here, so that an index
+        # entry never points at a key that does not exist yet.
+        self.on_new_id: list = []
         self._save = client.register_script(SAVE_SCRIPT)
         self._touch = client.register_script(TOUCH_SCRIPT)
 
@@ -264,8 +269,8 @@ class RedisSessionStore(RedisSessionInterface):
         now = _now_ms()
         pairs: list[Any] = [SEEN, now]
         if not session.stored:
-            session.created_ms = now
-            pairs += [CREATED, now]
+            session.created_ms = session.created_ms or now
+            pairs += [CREATED, session.created_ms]
         for k, v in to_set.items():
             pairs += [DATA + k, _encode(v)]
         args = ["1" if session.stored else "0", self.ttl_ms(session), len(pairs) // 2]
@@ -276,11 +281,14 @@ class RedisSessionStore(RedisSessionInterface):
         self.client.delete(self.key(sid))
 
     # -- Flask-Session's security API ------------------------------------------
-    def regenerate(self, session: RedisSession) -> None:
-        """Move the session to a new id; the old id stops working at once."""
+    def regenerate(self, session: RedisSession, restart_clock: bool = True) -> None:
+        """Move the session to a new id; the old id stops working at once.
+
+        restart_clock=False keeps the absolute timeout counting from the
+        session's original creation (a password change must not extend it)."""
         dict(session)  # load the data before the old key goes
         old_sid, was_stored = session.sid, session.stored
-        session.mark_rotated(self.generate_sid())
+        session.mark_rotated(self.generate_sid(), restart_clock)
         session.modified = True
         if was_stored:
             self.delete(old_sid)
@@ -319,12 +327,15 @@ class RedisSessionStore(RedisSessionInterface):
             return
         was_new = not session.stored
         if not self.write(session):
-            # Logged out, revoked or expired while this request ran.
-            self.delete_cookie(app, response)
+            # Logged out, revoked or expired while this request ran: write
+            # nothing, not even a deletion cookie, which could land after a
+            # newer login's cookie and delete that one.
             return
         session.stored = True
         if was_new:
             self.set_cookie(app, response, session.sid)
+            for callback in self.on_new_id:
+                callback(session)
 
     # -- cookies -----------------------------------------------------------
     def _cookie_args(self, app: Flask) -> dict[str, Any]:

@@ -6,11 +6,13 @@ retriever, its 10 tests and its grader) against nginx + gunicorn on loopback.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
 
 import pytest
+import requests
 
 from tests.support.processes import ROOT, require_binary
 
@@ -50,3 +52,28 @@ def test_observatory_grades_a_plus(nginx_front, path, cookies):
         "hsts-implemented-max-age-at-least-six-months"
     assert tests["cookies"]["result"] == cookies
     print(f"\n{path}: {report['score']} {report['grade']}")
+
+
+def test_logout_deletion_cookie_through_nginx_keeps_the_host_prefix_rules(nginx_front):
+    # Browsers ignore a deletion of a __Host- cookie unless it is Secure with
+    # Path=/ and no Domain (Flask-Session's own deletion cookie lacks Secure).
+    nginx, _ = nginx_front(host="localhost")
+    base = f"https://localhost:{nginx.https_port}"
+    with requests.Session() as browser:
+        # Not browser.verify: REQUESTS_CA_BUNDLE in the environment would win.
+        browser.request = functools.partial(browser.request, verify=str(nginx.ca_file))
+        token = browser.get(base + "/api/csrf", timeout=10).json()["csrf_token"]
+        headers = {"X-CSRF-Token": token}
+        credentials = {"username": "host-cookie", "password": "correct horse battery"}
+        assert browser.post(base + "/api/auth/register", json=credentials, headers=headers,
+                            timeout=10).status_code == 201
+        login = browser.post(base + "/api/auth/login", json=credentials, headers=headers,
+                             timeout=10)
+        headers["X-CSRF-Token"] = login.json()["csrf_token"]
+        logout = browser.post(base + "/api/auth/logout", headers=headers, timeout=10)
+    assert logout.status_code == 204
+    cookie = logout.headers["Set-Cookie"]
+    assert cookie.startswith("__Host-session=;")
+    for attribute in ("Max-Age=0", "Secure", "HttpOnly", "Path=/", "SameSite=Lax"):
+        assert attribute in cookie, cookie
+    assert "Domain" not in cookie

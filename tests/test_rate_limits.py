@@ -67,3 +67,20 @@ def test_successful_logins_do_not_use_up_the_failure_budget(limited):
     statuses = [client_from("198.51.100.21").login(name, PASSWORD).status_code
                 for _ in range(5)]
     assert statuses == [200] * 5
+
+
+def test_password_checks_of_a_logged_in_user_are_limited_per_user(limited):
+    client_from, _ = limited
+    name = new_username()
+    owner = client_from("198.51.100.40")
+    owner.register(name, PASSWORD)
+    thief = client_from("198.51.100.41")  # holds a stolen session cookie
+    assert thief.login(name, PASSWORD).status_code == 200
+    statuses = [
+        thief.post("/api/auth/password", {"current_password": f"guess {i}",
+                                          "new_password": "whatever works",
+                                          "username": new_username()}).status_code
+        for i in range(4)
+    ]
+    # A different username in each body does not buy more guesses.
+    assert statuses == [401, 401, 401, 429]

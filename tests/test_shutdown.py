@@ -25,7 +25,7 @@ def test_term_finishes_in_flight_requests_and_closes_idle_connections(redis_serv
     result = {}
 
     def slow():
-        r = requests.get(server.url + "/test/wait?seconds=2", timeout=10)
+        r = requests.get(server.url + "/test/wait?seconds=1.5", timeout=10)
         result["status"], result["connection"] = r.status_code, r.headers.get("Connection")
 
     in_flight = threading.Thread(target=slow)

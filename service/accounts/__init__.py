@@ -78,8 +78,7 @@ def register(username, password) -> User:
 def authenticate(username, password) -> User | None:
     """The user for these credentials, or None; same work either way."""
     user = accounts().find(normalize_username(username))
-    password = password if isinstance(password, str) else ""
-    if not verify_password(user.password_hash if user else None, password[:512]):
+    if not verify_password(user.password_hash if user else None, password):
         return None
     return user
 
@@ -97,8 +96,7 @@ def start_session(user: User) -> None:
         user_agent=(request.user_agent.string or "")[:USER_AGENT_MAX],
         account_number=user.account_number,
     )
-    accounts().add_session(user.uid, handle, session.sid, _sessions().settings.session_absolute_timeout)
-    g.user = user
+    g.user = user  # the index entry is written with the session (index_session)
 
 
 def end_session() -> None:
@@ -108,6 +106,14 @@ def end_session() -> None:
     if uid and handle:
         accounts().remove_session(uid, handle)
     g.user = None
+
+
+def index_session(stored_session) -> None:
+    """Session store hook: a logged-in session got a new id in Redis."""
+    uid, handle = stored_session.get("uid"), stored_session.get("handle")
+    if uid and handle:
+        accounts().add_session(uid, handle, stored_session.sid,
+                               _sessions().settings.session_absolute_timeout)
 
 
 def list_sessions(user: User) -> list[dict]:
@@ -157,20 +163,18 @@ def change_password(user: User, current_password, new_password) -> None:
     problems = password_problem(new_password, "new_password")
     if problems:
         raise ValidationFailed(problems)
-    if not verify_password(user.password_hash, current_password if isinstance(
-            current_password, str) else ""):
+    if not verify_password(user.password_hash, current_password):
         raise PermissionError("current password is wrong")
     accounts().set_password(user.uid, hash_password(new_password))
     revoke_other_sessions(user)
     # A new id for this session too; its CSRF secret carries over, so the
-    # client's token keeps working (the API answers 204 with no new token).
-    _sessions().regenerate(session)
-    accounts().add_session(user.uid, session["handle"], session.sid,
-                           _sessions().settings.session_absolute_timeout)
+    # client's token keeps working (the API answers 204 with no new token),
+    # and its absolute timeout still counts from login.
+    _sessions().regenerate(session, restart_clock=False)
 
 
 def delete_account(user: User, password) -> None:
-    if not verify_password(user.password_hash, password if isinstance(password, str) else ""):
+    if not verify_password(user.password_hash, password):
         raise PermissionError("password is wrong")
     for _handle, sid in accounts().session_ids(user.uid).items():
         _sessions().delete(sid)

@@ -37,9 +37,12 @@ def _verify(stored_hash: str, password: str) -> bool:
         return False
 
 
-def verify_password(stored_hash: str | None, password: str) -> bool:
+def verify_password(stored_hash: str | None, password) -> bool:
     """Check a password. Without a stored hash (no such account) spend the
-    same time and fail, so timing does not tell whether an account exists."""
+    same time and fail, so timing does not tell whether an account exists.
+    Anything but a string of sane length fails too."""
+    if not isinstance(password, str) or len(password) > 1024:
+        password = ""
     if not stored_hash:
         _off_hub(_verify, _dummy_hash(), password)
         return False

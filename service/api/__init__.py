@@ -11,7 +11,7 @@ from flask_wtf.csrf import generate_csrf
 
 from .. import accounts
 from ..accounts import UsernameTaken, ValidationFailed
-from ..limits import auth_per_ip, failures_per_account
+from ..limits import auth_per_ip, failures_per_account, failures_per_user
 from .errors import api_error
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -76,7 +76,8 @@ def me(user):
 
 @bp.post("/auth/password")
 @login_required
-@failures_per_account
+@auth_per_ip
+@failures_per_user
 def change_password(user):
     body = json_object()
     try:
@@ -90,7 +91,8 @@ def change_password(user):
 
 @bp.delete("/account")
 @login_required
-@failures_per_account
+@auth_per_ip
+@failures_per_user
 def delete_account(user):
     body = json_object()
     try:

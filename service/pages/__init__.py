@@ -13,7 +13,7 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 
 from .. import accounts
 from ..accounts import UsernameTaken, ValidationFailed
-from ..limits import auth_per_ip, failures_per_account
+from ..limits import auth_per_ip, failures_per_account, failures_per_user
 from .forms import ConfirmForm, CredentialsForm, DeleteAccountForm, PasswordForm
 
 bp = Blueprint("pages", __name__)
@@ -109,7 +109,8 @@ def account(user):
 
 @bp.post("/account/password")
 @login_required
-@failures_per_account
+@auth_per_ip
+@failures_per_user
 def change_password(user):
     form = PasswordForm()
     status = 422
@@ -130,7 +131,8 @@ def change_password(user):
 
 @bp.post("/account/delete")
 @login_required
-@failures_per_account
+@auth_per_ip
+@failures_per_user
 def delete_account(user):
     form = DeleteAccountForm()
     if form.validate_on_submit():

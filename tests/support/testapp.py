@@ -18,7 +18,8 @@ bp = Blueprint("probes", __name__, url_prefix="/test")
 @bp.get("/wait")
 def wait():
     """Ordinary blocking code: BLPOP on a list nobody pushes to (0.5 s)."""
-    seconds = min(float(request.args.get("seconds", 0.5)), 3.0)
+    # Below REDIS_SOCKET_TIMEOUT (2 s): longer blocking calls need a client of their own.
+    seconds = min(float(request.args.get("seconds", 0.5)), 1.5)
     started = time.time()
     get_redis().blpop(f"test:wait:{uuid.uuid4().hex}", timeout=seconds)
     return {"started": started, "finished": time.time()}
@@ -50,7 +51,7 @@ def slow_write():
     """Load the session, block for a while, then write one key of it."""
     body = request.get_json()
     before = dict(session)
-    get_redis().blpop(f"test:wait:{uuid.uuid4().hex}", timeout=min(float(body["seconds"]), 3.0))
+    get_redis().blpop(f"test:wait:{uuid.uuid4().hex}", timeout=min(float(body["seconds"]), 1.5))
     session[body["key"]] = body["value"]
     return {"before": before}
 
