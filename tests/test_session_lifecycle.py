@@ -161,19 +161,24 @@ def test_idle_timeout_ends_a_quiet_session(short_lived, redis_server):
         assert not db.exists(session_key(client.sid))
 
 
-def test_absolute_timeout_ends_even_an_active_session(short_lived):
-    make, username = short_lived
-    client = make()
-    client.login(username, PASSWORD)
-    started = time.monotonic()
+def poll_me(client, started, until):
+    """GET /api/me every 0.5 s until `until` s after `started`: (alive, dead) times."""
     statuses = []
-    while time.monotonic() - started < 5.5:
+    while time.monotonic() - started < until:
         statuses.append((round(time.monotonic() - started, 1), client.get("/api/me").status_code))
         time.sleep(0.5)
     alive = [t for t, status in statuses if status == 200]
     dead = [t for t, status in statuses if status == 401]
     assert alive and dead, statuses
-    assert max(alive) < 4.1 <= min(dead) + 0.5, statuses  # ends at 4 s despite activity
+    return alive, dead
+
+
+def test_absolute_timeout_ends_even_an_active_session(short_lived):
+    make, username = short_lived
+    client = make()
+    client.login(username, PASSWORD)
+    alive, dead = poll_me(client, time.monotonic(), 5.5)
+    assert max(alive) < 4.1 <= min(dead) + 0.5, (alive, dead)  # ends at 4 s despite activity
     assert min(dead) > max(alive)  # and stays ended
 
 
@@ -186,14 +191,9 @@ def test_password_change_does_not_extend_the_absolute_timeout(short_lived):
     r = client.post("/api/auth/password",
                     {"current_password": PASSWORD, "new_password": "another good one"})
     assert r.status_code == 204
-    statuses = []
-    while time.monotonic() - started < 5.5:
-        statuses.append((round(time.monotonic() - started, 1), client.get("/api/me").status_code))
-        time.sleep(0.5)
-    alive = [t for t, status in statuses if status == 200]
-    dead = [t for t, status in statuses if status == 401]
+    alive, dead = poll_me(client, started, 5.5)
     # Still 4 s from login, not from the password change (which would be 5.5 s).
-    assert alive and dead and max(alive) < 4.1 <= min(dead) + 0.5, statuses
+    assert max(alive) < 4.1 <= min(dead) + 0.5, (alive, dead)
 
 
 def test_revocation_ends_exactly_the_right_sessions(api, account):
