@@ -107,7 +107,7 @@ class RedisSession(SessionMixin):
     def _items(self) -> dict[str, Any]:
         self.accessed = True
         if self._data is None:
-            found = self.store.load(self.sid)
+            found = self.store.peek(self.sid)
             if found is None:
                 # Unknown, expired or foreign: start afresh under a new id so
                 # that nobody can choose the id of a future session.
@@ -115,7 +115,7 @@ class RedisSession(SessionMixin):
                 self.stored = False
                 self._data = {}
             else:
-                self.created_ms, self._data = found
+                self.created_ms, self._data = found.created_ms, found.data
         return self._data
 
     # -- MutableMapping ----------------------------------------------------
@@ -210,13 +210,6 @@ class RedisSessionStore(RedisSessionInterface):
         return self.key_prefix + sid
 
     # -- storage ---------------------------------------------------------
-    def load(self, sid: str) -> tuple[int, dict[str, Any]] | None:
-        """(created_ms, data) of a live session, or None."""
-        found = self.peek(sid)
-        if found is None:
-            return None
-        return found.created_ms, found.data
-
     def peek(self, sid: str) -> StoredSession | None:
         """A live session as stored, without renewing its idle timeout."""
         try:
