@@ -164,6 +164,14 @@ class Pebble:
         """The profiles the directory lists: none on pebble < 2.7 (Debian's 2.4)."""
         return set(self.acme_directory().get("meta", {}).get("profiles", {}))
 
+    def set_renewal_window(self, certificate_pem: str, start: float, end: float) -> None:
+        """Move a certificate's ARI window (pebble >= 2.10's management API)."""
+        def rfc3339(t: float) -> str:
+            return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+        window = {"suggestedWindow": {"start": rfc3339(start), "end": rfc3339(end)}}
+        self._management("POST", self.management_port, "/set-renewal-info/",
+                         {"Certificate": certificate_pem, "ARIResponse": json.dumps(window)})
+
     def root_pem(self) -> str:
         """The issuing root: new on every pebble start, so fetched, never stored."""
         return self._management("GET", self.management_port, "/roots/0").decode()
