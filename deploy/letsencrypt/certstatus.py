@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import os
 import re
 import sys
@@ -183,7 +182,7 @@ def check(path: Path, now: datetime, config_dir: Path, work_dir: Path,
         try:
             ari_end = ari_window_end(lineage.server, cert)
             ari_note = "" if ari_end else "; the CA offers no ARI"
-        except Exception as exc:  # certbot too renews by the lifetime rule then
+        except Exception as exc:  # noqa: BLE001 - certbot too falls back to its lifetime rule
             ari_note = f"; ARI unavailable: {type(exc).__name__}: {exc}"
     last = LastRenewal.read(work_dir / LAST_RENEWAL_FILE) if managed else None
     return assess(cert, now, name=name, path=str(path), min_days=min_days, ari_end=ari_end,
