@@ -12,15 +12,26 @@ import threading
 import time
 
 import pytest
+from cryptography import x509
 
 from tests.support.nginx import Nginx, _ResolvedHTTPS
 from tests.support.pebble import (
-    LETSENCRYPT, Certbot, Pebble, certificate_serial, ensure_certbot, served_certificate,
+    CERTBOT_VENV,
+    LETSENCRYPT,
+    Certbot,
+    Pebble,
+    certificate_serial,
+    ensure_certbot,
+    served_certificate,
 )
 from tests.support.processes import Gunicorn, base_env, require_binary, wait_until
 
 NAME = "app.test"
 WWW = "www.app.test"
+DAY = 86400
+# Let's Encrypt's profiles and lifetimes, as the stack's pebble offers them
+# (pebble >= 2.7; Debian's 2.4 has no profiles and issues 90 days).
+PROFILES = {"classic": 90 * DAY, "tlsserver": 45 * DAY, "shortlived": 160 * 3600}
 
 
 class Stack:
@@ -35,7 +46,7 @@ class Stack:
         self.nginx = Nginx(tmp / "nginx", upstream=f"unix:{tmp}/gunicorn.sock",
                            certs=[(self.tls_cert, self.tls_key)], server_names=(NAME, WWW),
                            acme_root=webroot)
-        self.pebble = Pebble(tmp / "pebble", http_port=self.nginx.http_port)
+        self.pebble = Pebble(tmp / "pebble", http_port=self.nginx.http_port, profiles=PROFILES)
         self.certbot = Certbot(tmp / "certbot", self.pebble, webroot, self.tls_cert,
                                self.tls_key, nginx_conf=self.nginx.conf_dir / "nginx.conf",
                                nginx_prefix=self.nginx.prefix, metrics_dir=tmp / "metrics")
@@ -60,6 +71,12 @@ class Stack:
     def live_serial(self) -> str:
         return certificate_serial(self.certbot.config_dir / "live" / NAME / "cert.pem")
 
+    def live_lifetime(self) -> int:
+        return certificate_lifetime(self.certbot.config_dir / "live" / NAME / "cert.pem")
+
+    def renewal_conf(self) -> str:
+        return (self.certbot.config_dir / "renewal" / f"{NAME}.conf").read_text()
+
     def wait_served(self, serial: str, timeout: float = 10) -> None:
         wait_until(lambda: self.served_serial() == serial, timeout,
                    f"nginx to serve certificate {serial}")
@@ -81,6 +98,12 @@ def stack(redis_server, tmp_path_factory):
         yield stack.start()
     finally:
         stack.stop()
+
+
+def certificate_lifetime(path) -> int:
+    """Seconds of validity: notAfter is inclusive (RFC 5280), so one more than the difference."""
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    return round((cert.not_valid_after_utc - cert.not_valid_before_utc).total_seconds()) + 1
 
 
 def output(result: subprocess.CompletedProcess) -> str:
@@ -122,6 +145,32 @@ def test_issue_again_is_a_no_op(stack):
     assert stack.live_serial() == serial
 
 
+def test_issue_always_asks_for_the_configured_profile(stack):
+    """Without --profile the CA would choose (pebble >= 2.7 at random): issue
+    names CERT_PROFILE, by default classic. Debian's pebble 2.4 lists no
+    profiles, so certbot asks for none and the CA's default (90 days) comes
+    back; the preference is still stored for every renewal."""
+    stack.ensure_issued()
+    offered = stack.pebble.offered_profiles()
+    assert offered in (set(), set(PROFILES))  # the harness configures all three or none exist
+    assert "preferred_profile = classic" in stack.renewal_conf()
+    assert stack.live_lifetime() == PROFILES["classic"]
+
+    short = stack.certbot.issue(NAME, CERT_PROFILE="shortlived")
+    assert short.returncode == 0, output(short)
+    assert "differs (CA, key type or profile): replacing it" in short.stdout
+    assert "preferred_profile = shortlived" in stack.renewal_conf()
+    # With profiles the CA honours the choice; without, the order carried none.
+    assert stack.live_lifetime() == (PROFILES["shortlived"] if offered else 90 * DAY)
+    assert ("Var preferred_profile=shortlived" in stack.certbot.log())
+
+    back = stack.certbot.issue(NAME)  # the default again: replaced at once
+    assert back.returncode == 0 and "replacing it" in back.stdout, output(back)
+    assert "preferred_profile = classic" in stack.renewal_conf()
+    assert stack.live_lifetime() == PROFILES["classic"]
+    stack.wait_served(stack.live_serial())
+
+
 def test_adding_a_name_replaces_the_certificate(stack):
     stack.ensure_issued()
     with pytest.raises(ssl.SSLCertVerificationError):
@@ -130,7 +179,8 @@ def test_adding_a_name_replaces_the_certificate(stack):
     assert result.returncode == 0, output(result)
     serial = stack.live_serial()
     stack.wait_served(serial)
-    assert stack.served_serial(WWW) == serial
+    # Old nginx workers may still accept for a moment after the reload.
+    wait_until(lambda: stack.served_serial(WWW) == serial, 10, f"nginx to serve {serial} for {WWW}")
     # Renewals keep both names (and their webroot).
     assert f"{WWW} = " in (stack.certbot.config_dir / "renewal" / f"{NAME}.conf").read_text()
 
@@ -141,16 +191,20 @@ def test_issue_replaces_a_certificate_with_another_profile_at_once(stack):
     same = stack.certbot.run("issue", *names)  # whatever ran before: now both names
     assert same.returncode == 0, output(same)
     before = stack.live_serial()
-    changed = stack.certbot.run("issue", *names, "--profile", "classic")
+    changed = stack.certbot.run("issue", *names, "--profile", "tlsserver")
     assert changed.returncode == 0, output(changed)
     assert "differs (CA, key type or profile): replacing it" in changed.stdout
     after = stack.live_serial()
     assert after != before  # not kept until due: replaced now
     stack.wait_served(after)
     renewal_conf = (stack.certbot.config_dir / "renewal" / f"{NAME}.conf").read_text()
-    assert "preferred_profile = classic" in renewal_conf
-    again = stack.certbot.run("issue", *names, "--profile", "classic")
+    assert "preferred_profile = tlsserver" in renewal_conf
+    again = stack.certbot.run("issue", *names, "--profile", "tlsserver")
     assert again.returncode == 0 and stack.live_serial() == after, output(again)
+    # Back to the default profile for the tests that follow.
+    default = stack.certbot.run("issue", *names)
+    assert default.returncode == 0 and "preferred_profile = classic" in stack.renewal_conf(), output(default)
+    stack.wait_served(stack.live_serial())
 
 
 def test_renewal_under_load_drops_no_request(stack):
@@ -227,6 +281,17 @@ def test_unreachable_challenge_fails_clearly_and_keeps_the_old_certificate(stack
     assert "certbot renew failed" in result.stderr
     assert stack.live_serial() == served
     assert stack.served_serial() == served
+    # The certificate itself is fresh, but the failed run is what is wrong.
+    assert f"RENEWAL-FAILED {NAME}" in result.stderr, output(result)
+    assert "certbot renew failed, see" in result.stderr
+    metrics = (stack.certbot.metrics_dir / "tls_certificates.prom").read_text()
+    assert re.search(rf'tls_certificate_expiry_ok{{name="{NAME}",[^}}]*}} 0', metrics)
+    check = stack.certbot.run("expiry-check")
+    assert check.returncode == 1 and f"RENEWAL-FAILED {NAME}" in check.stderr, output(check)
+    # The next run that succeeds (nothing due) clears it.
+    fixed = stack.certbot.renew()
+    assert fixed.returncode == 0 and "RENEWAL-FAILED" not in fixed.stderr, output(fixed)
+    assert stack.certbot.run("expiry-check").returncode == 0
 
 
 def test_broken_nginx_config_blocks_the_reload_and_fails_loudly(stack):
@@ -257,6 +322,11 @@ def test_broken_nginx_config_blocks_the_reload_and_fails_loudly(stack):
                           capture_output=True, text=True)
     assert hook.returncode == 0, output(hook)
     stack.wait_served(stack.live_serial())
+    assert f"RENEWAL-FAILED {NAME}" in stack.certbot.run("expiry-check").stderr
+    # ... then one renew run (nothing is due) records success and clears the alert.
+    rerun = stack.certbot.renew()
+    assert rerun.returncode == 0, output(rerun)
+    assert stack.certbot.run("expiry-check").returncode == 0
 
 
 def test_expiry_watch_flags_short_lived_certificate_and_renewal_follows_lifetime(stack, tmp_path):
@@ -287,7 +357,7 @@ def test_expiry_watch_flags_short_lived_certificate_and_renewal_follows_lifetime
         assert re.search(rf'tls_certificate_expiry_ok{{name="{NAME}",path="{cert}"}} 0', metrics)
         left = int(re.search(r"tls_certificate_expiry_seconds\{[^}]*\} (-?\d+)", metrics)[1])
         assert 0 < left <= 20
-        # ... the default, a fifth of the lifetime, does not while it is fresh.
+        # ... the default (renewal overdue, or failed) does not while it is fresh.
         check = certbot.run("expiry-check")
         assert check.returncode == 0, output(check)
         assert "tls_certificate_expiry_threshold_seconds" in (tmp_path / "metrics" / "tls_certificates.prom").read_text()
@@ -314,10 +384,52 @@ def test_expiry_watch_flags_short_lived_certificate_and_renewal_follows_lifetime
         short.stop()
 
 
+def test_expiry_check_follows_the_cas_renewal_window(stack):
+    """Renewal is due at the end of the CA's ARI window where the CA offers ARI
+    (pebble >= 2.6), else by certbot's lifetime rule (Debian's pebble 2.4)."""
+    stack.ensure_issued()
+    cert = stack.certbot.config_dir / "live" / NAME / "cert.pem"
+    first = stack.certbot.renew()  # nothing due; certbot now waits 6 h before asking for ARI again
+    assert first.returncode == 0, output(first)
+    check = stack.certbot.run("expiry-check")
+    assert check.returncode == 0, output(check)
+    if "renewalInfo" not in stack.pebble.acme_directory():
+        assert "(certbot's lifetime rule; the CA offers no ARI)" in check.stdout, output(check)
+        return
+
+    # pebble's window: 2/3 of the lifetime +- 24 h, so it ends 6 days after
+    # certbot's lifetime rule would have renewed (60 days into 90).
+    assert "(end of the CA's ARI window)" in check.stdout, output(check)
+    parsed = x509.load_pem_x509_certificate(cert.read_bytes())
+    metrics = (stack.certbot.metrics_dir / "tls_certificates.prom").read_text()
+    due = float(re.search(r"tls_certificate_renewal_due_timestamp_seconds\{[^}]*\} (\S+)", metrics)[1])
+    window_end = parsed.not_valid_after_utc.timestamp() + 1 - PROFILES["classic"] / 3 + DAY
+    assert abs(due - window_end) < 2
+    assert "certbot asks the CA for ARI again after" in check.stdout
+
+    # The CA moves the window into the past (as before a mass revocation):
+    # expiry-check, asking the CA itself, sees it at once ...
+    now = time.time()
+    stack.pebble.set_renewal_window(cert.read_text(), now - 6 * DAY, now - 5 * DAY)
+    overdue = stack.certbot.run("expiry-check")
+    assert overdue.returncode == 1 and f"OVERDUE  {NAME}" in overdue.stderr, output(overdue)
+    # ... certbot not before its stored ari_retry_after: this run keeps the certificate.
+    serial = stack.live_serial()
+    waiting = stack.certbot.renew()
+    assert waiting.returncode == 1 and stack.live_serial() == serial, output(waiting)
+    assert "certbot asks the CA for ARI again after" in waiting.stderr
+    # The runbook's answer: renew now.
+    forced = stack.certbot.renew("--force-renewal")
+    assert forced.returncode == 0, output(forced)
+    assert stack.live_serial() != serial
+    stack.wait_served(stack.live_serial())
+
+
 def test_settings_come_from_the_env_file_and_the_environment_wins(stack, tmp_path):
     stack.ensure_issued()
     env_file = tmp_path / "deploy.env"
     env_file.write_text(f'# as in deploy.env.example\nCERTBOT_CONFIG_DIR="{stack.certbot.config_dir}"\n'
+                        f"CERTBOT_VENV={CERTBOT_VENV}\n"
                         f"CERT_MIN_DAYS=91\nMETRICS_DIR={tmp_path}/metrics\nSECRET_KEY=not-ours\n")
     env = {"PATH": "/usr/bin:/bin", "LETSENCRYPT_ENV_FILE": str(env_file)}
     check = subprocess.run([str(LETSENCRYPT / "expiry-check")], env=env, capture_output=True,

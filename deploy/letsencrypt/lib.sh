@@ -7,7 +7,7 @@ LE_DIR=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)
 # lines; the environment wins). One file serves the timer, cron, the hook that
 # certbot runs, and an operator's shell alike.
 LE_SETTINGS=(CERTBOT_VENV CERTBOT_CONFIG_DIR CERTBOT_WORK_DIR CERTBOT_LOGS_DIR ACME_SERVER
-  ACME_WEBROOT TLS_CERT TLS_KEY NGINX_BIN NGINX_CONF NGINX_PREFIX CERT_MIN_DAYS METRICS_DIR
+  ACME_WEBROOT TLS_CERT TLS_KEY NGINX_BIN NGINX_CONF NGINX_PREFIX CERT_PROFILE CERT_MIN_DAYS METRICS_DIR
   PYTHON)
 
 load_settings() {

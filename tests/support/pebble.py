@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -22,12 +23,71 @@ LOCAL_CA = ROOT / "deploy" / "nginx" / "local-ca"
 CERTBOT_VENV = Path(os.environ.get("TEST_CERTBOT_VENV", ROOT / ".state" / "certbot-venv"))
 
 
+# Let's Encrypt's certificate profiles (pebble >= 2.7 offers whichever its
+# config lists; an order without a profile gets one of them at random).
+LE_PROFILES = ("classic", "tlsserver", "shortlived")
+
+
+def help_text(binary: str) -> str:
+    """A Go program's flag list (`-h` prints it to stderr and exits 0 or 2)."""
+    result = subprocess.run([binary, "-h"], capture_output=True, text=True, timeout=10, check=False)
+    return result.stdout + result.stderr
+
+
+def flags(help_output: str) -> set[str]:
+    """The flag names in Go's `-h` output ("  -name type" lines)."""
+    return set(re.findall(r"^\s+-([A-Za-z0-9][\w-]*)", help_output, re.MULTILINE))
+
+
+def challtestsrv_args(help_output: str, dns: str, management: str) -> list[str]:
+    """pebble-challtestsrv's arguments for a DNS-only server, from the flags it
+    has rather than a version string (a source build reports "dev"): the DNS
+    listener is `-dns01` up to pebble 2.9 and `-dnsserver` from 2.10; from 2.5
+    a DNS-over-HTTPS listener opens on :8443 unless `-doh` is empty."""
+    known = flags(help_output)
+    if "dnsserver" in known:
+        dns_flag = "-dnsserver"
+    elif "dns01" in known:
+        dns_flag = "-dns01"
+    else:
+        raise AssertionError(f"pebble-challtestsrv has neither -dnsserver nor -dns01:\n{help_output}")
+    args = [dns_flag, dns, "-management", management,
+            "-http01", "", "-https01", "", "-tlsalpn01", "",
+            # No AAAA answers: pebble would try ::1 first, where nginx does not listen.
+            "-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""]
+    if "doh" in known:
+        args += ["-doh", ""]
+    return args
+
+
+def pebble_config(*, port: int, management_port: int, certificate: Path, private_key: Path,
+                  http_port: int, validity_seconds: int, profiles: dict[str, int]) -> dict:
+    """pebble's config for every version: up to 2.6 the lifetime is
+    `certificateValidityPeriod`; from 2.7 it is each profile's `validityPeriod`
+    (the old key is still parsed, and ignored). Each version ignores the key it
+    does not use (Go's JSON decoding), so both are always written."""
+    return {"pebble": {
+        "listenAddress": f"127.0.0.1:{port}",
+        "managementListenAddress": f"127.0.0.1:{management_port}",
+        "certificate": str(certificate),
+        "privateKey": str(private_key),
+        "httpPort": http_port,
+        "tlsPort": free_port(),  # unused: only HTTP-01 here
+        "ocspResponderURL": "",
+        "externalAccountBindingRequired": False,
+        "certificateValidityPeriod": validity_seconds,
+        "profiles": {name: {"description": f"{name} ({seconds} s)", "validityPeriod": seconds}
+                     for name, seconds in profiles.items()},
+    }}
+
+
 class Pebble:
     """pebble (the ACME server) with pebble-challtestsrv as its DNS, which
     answers 127.0.0.1 for every name. `http_port` is where pebble's validator
     fetches HTTP-01 challenges: the plain-HTTP port of the nginx under test."""
 
-    def __init__(self, directory: Path, http_port: int, validity_seconds: int = 90 * 86400):
+    def __init__(self, directory: Path, http_port: int, validity_seconds: int = 90 * 86400,
+                 profiles: dict[str, int] | None = None):
         self.pebble = require_binary("pebble", "pebble")
         self.challtestsrv = require_binary("pebble-challtestsrv", "pebble")
         require_binary("openssl", "openssl")
@@ -35,6 +95,8 @@ class Pebble:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.http_port = http_port
         self.validity_seconds = validity_seconds
+        # Let's Encrypt's profile names, each with this CA's lifetime unless given.
+        self.profiles = profiles or dict.fromkeys(LE_PROFILES, validity_seconds)
         self.port = free_port()
         self.management_port = free_port()
         self.dns_port = free_port()
@@ -54,24 +116,13 @@ class Pebble:
         d = self.directory
         subprocess.run([str(LOCAL_CA), "--days", "2", str(d / "api-ca"), str(d / "api.crt"),
                         str(d / "api.key"), "localhost", "127.0.0.1"], check=True, capture_output=True)
-        (d / "pebble.json").write_text(json.dumps({"pebble": {
-            "listenAddress": f"127.0.0.1:{self.port}",
-            "managementListenAddress": f"127.0.0.1:{self.management_port}",
-            "certificate": str(d / "api.crt"),
-            "privateKey": str(d / "api.key"),
-            "httpPort": self.http_port,
-            "tlsPort": free_port(),  # unused: only HTTP-01 here
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": False,
-            "certificateValidityPeriod": self.validity_seconds,
-        }}))
-        # No AAAA answers: pebble would try ::1 first, where nginx does not listen.
-        self._launch("challtestsrv", [
-            self.challtestsrv, "-dns01", f"127.0.0.1:{self.dns_port}",
-            "-management", f"127.0.0.1:{self.dns_management_port}",
-            "-http01", "", "-https01", "", "-tlsalpn01", "",
-            "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
-        ], {})
+        (d / "pebble.json").write_text(json.dumps(pebble_config(
+            port=self.port, management_port=self.management_port, certificate=d / "api.crt",
+            private_key=d / "api.key", http_port=self.http_port,
+            validity_seconds=self.validity_seconds, profiles=self.profiles)))
+        self._launch("challtestsrv", [self.challtestsrv, *challtestsrv_args(
+            help_text(self.challtestsrv), dns=f"127.0.0.1:{self.dns_port}",
+            management=f"127.0.0.1:{self.dns_management_port}")], {})
         wait_until(lambda: self._management("GET", self.dns_management_port, "/", tls=False)
                    is not None, 10, "pebble-challtestsrv")
         # No random validation sleeps, no rejected nonces, and no reuse of
@@ -105,6 +156,21 @@ class Pebble:
         except urllib.error.HTTPError as exc:  # challtestsrv answers 404 on /
             exc.close()
             return b"" if exc.code == 404 else None
+
+    def acme_directory(self) -> dict:
+        return json.loads(self._management("GET", self.port, "/dir"))
+
+    def offered_profiles(self) -> set[str]:
+        """The profiles the directory lists: none on pebble < 2.7 (Debian's 2.4)."""
+        return set(self.acme_directory().get("meta", {}).get("profiles", {}))
+
+    def set_renewal_window(self, certificate_pem: str, start: float, end: float) -> None:
+        """Move a certificate's ARI window (pebble >= 2.10's management API)."""
+        def rfc3339(t: float) -> str:
+            return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+        window = {"suggestedWindow": {"start": rfc3339(start), "end": rfc3339(end)}}
+        self._management("POST", self.management_port, "/set-renewal-info/",
+                         {"Certificate": certificate_pem, "ARIResponse": json.dumps(window)})
 
     def root_pem(self) -> str:
         """The issuing root: new on every pebble start, so fetched, never stored."""
