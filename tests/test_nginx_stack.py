@@ -35,7 +35,7 @@ def test_stack_serves_https_h2_redirects_http_and_stops_on_ctrl_c(tmp_path):
                 ["curl", "-sS", "--max-time", "10", "--cacert", str(ca),
                  "--resolve", f"localhost:{https_port}:127.0.0.1",
                  "--resolve", f"localhost:{http_port}:127.0.0.1", *args],
-                capture_output=True, text=True, timeout=20)
+                check=False, capture_output=True, text=True, timeout=20)
 
         home = curl("--http2", "-o", "/dev/null", "-w", "%{http_version} %{response_code}",
                     f"https://localhost:{https_port}/")

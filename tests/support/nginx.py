@@ -105,7 +105,7 @@ class Nginx:
         return command + list(self.render_args)
 
     def render(self) -> subprocess.CompletedProcess:
-        result = subprocess.run(self.render_command(), capture_output=True, text=True)
+        result = subprocess.run(self.render_command(), check=False, capture_output=True, text=True)
         if result.returncode != 0:
             raise AssertionError(f"deploy/nginx/render failed:\n{result.stderr}")
         return result
@@ -200,7 +200,7 @@ class Nginx:
                 command += ["--resolve", f"{name}:{port}:127.0.0.1"]
         if self.ca_file:
             command += ["--cacert", str(self.ca_file)]
-        return subprocess.run(command + list(args), capture_output=True, text=True,
+        return subprocess.run(command + list(args), check=False, capture_output=True, text=True,
                               timeout=timeout)
 
     # -- logs -----------------------------------------------------------------------

@@ -175,7 +175,7 @@ class Certbot:
 
     def run(self, command: str, *args: str, timeout: float = 60, **env) -> subprocess.CompletedProcess:
         return subprocess.run([str(LETSENCRYPT / command), *args], env=self.env(**env),
-                              capture_output=True, text=True, timeout=timeout)
+                              check=False, capture_output=True, text=True, timeout=timeout)
 
     def issue(self, *names: str, **env) -> subprocess.CompletedProcess:
         args = [a for name in names for a in ("-d", name)]
@@ -192,7 +192,7 @@ class Certbot:
 def ensure_certbot(scratch: Path) -> Path:
     """deploy/letsencrypt/setup into the cached venv (a no-op when current)."""
     result = subprocess.run(
-        [str(LETSENCRYPT / "setup")], capture_output=True, text=True, timeout=300,
+        [str(LETSENCRYPT / "setup")], check=False, capture_output=True, text=True, timeout=300,
         env=dict(os.environ, LETSENCRYPT_ENV_FILE=os.devnull, CERTBOT_VENV=str(CERTBOT_VENV),
                  CERTBOT_CONFIG_DIR=str(scratch / "config"), CERTBOT_WORK_DIR=str(scratch / "work"),
                  CERTBOT_LOGS_DIR=str(scratch / "logs"), ACME_WEBROOT=str(scratch / "webroot")))
@@ -211,6 +211,6 @@ def served_certificate(port: int, server_name: str, root_pem: str) -> dict:
     """Handshake with nginx for `server_name` and verify the chain against
     `root_pem` and the name; returns the peer certificate (serialNumber...)."""
     context = ssl.create_default_context(cadata=root_pem)
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with context.wrap_socket(raw, server_hostname=server_name) as tls:
-            return tls.getpeercert()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname=server_name) as tls:
+        return tls.getpeercert()
