@@ -13,7 +13,14 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.processes import ROOT, free_port, require_binary, wait_until
+from tests.support.processes import (
+    ROOT,
+    ManagedProcess,
+    free_port,
+    read_log,
+    require_binary,
+    wait_until,
+)
 
 LETSENCRYPT = ROOT / "deploy" / "letsencrypt"
 LOCAL_CA = ROOT / "deploy" / "nginx" / "local-ca"
@@ -39,7 +46,7 @@ class Pebble:
         self.management_port = free_port()
         self.dns_port = free_port()
         self.dns_management_port = free_port()
-        self.processes: list[subprocess.Popen] = []
+        self.processes: list[ManagedProcess] = []
 
     @property
     def directory_url(self) -> str:
@@ -84,13 +91,13 @@ class Pebble:
         return self
 
     def _launch(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        with (self.directory / f"{name}.log").open("ab") as log:
-            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                       env=dict(os.environ, **env), cwd=self.directory)
+        process = ManagedProcess(name, self.directory / f"{name}.log")
+        process.spawn(argv, stdout=process.log_path, env=dict(os.environ, **env),
+                      cwd=self.directory)
         self.processes.append(process)
         time.sleep(0.05)
-        if process.poll() is not None:
-            raise AssertionError(f"{name} exited at once:\n{self.log(name)}")
+        if process.process.poll() is not None:
+            raise AssertionError(f"{name} exited at once:\n{process.log()}")
 
     def _management(self, method: str, port: int, path: str, body: dict | None = None,
                     tls: bool = True) -> bytes | None:
@@ -119,18 +126,11 @@ class Pebble:
         self._management("POST", self.dns_management_port, "/clear-a", {"host": host}, tls=False)
 
     def log(self, name: str = "pebble") -> str:
-        path = self.directory / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return read_log(self.directory / f"{name}.log")
 
     def stop(self) -> None:
         for process in reversed(self.processes):
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(5)
+            process.stop()
         self.processes.clear()
 
 
@@ -185,8 +185,7 @@ class Certbot:
         return self.run("renew", *args, **env)
 
     def log(self) -> str:
-        path = self.directory / "logs" / "letsencrypt.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return read_log(self.directory / "logs" / "letsencrypt.log")
 
 
 def ensure_certbot(scratch: Path) -> Path:
