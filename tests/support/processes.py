@@ -215,6 +215,18 @@ class Gunicorn(ManagedProcess):
             sock.sendall(f"GET /healthz HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
             return sock.recv(64).split(b"\r\n", 1)[0].split()[1:2] == [b"200"]
 
+    def reload(self, timeout: float = 20) -> None:
+        """Graceful reload, the documented deploy step (SIGHUP): returns once
+        a new set of workers has booted and the old ones have exited."""
+        workers = int(self.env.get("WEB_CONCURRENCY") or os.cpu_count() or 1)
+        log = self.stderr()
+        booted, exited = log.count("Booting worker"), log.count("Worker exiting")
+        self.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: self.stderr().count("Booting worker") >= booted + workers, timeout,
+                   "new workers")
+        wait_until(lambda: self.stderr().count("Worker exiting") >= exited + workers, timeout,
+                   "old workers to exit")
+
     def stop(self, timeout: float = 15) -> int | None:
         # Close the test's own idle keep-alive connections (held by response
         # objects nobody references any more): gunicorn's graceful shutdown
