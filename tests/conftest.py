@@ -1,6 +1,6 @@
 import pytest
 
-from tests.support.api import ApiClient, new_username
+from tests.support.api import PASSWORD, ApiClient, new_username
 from tests.support.nginx import Nginx
 from tests.support.processes import Gunicorn, RedisServer, base_env
 from tests.support.tls import LocalCA
@@ -56,7 +56,7 @@ def api(service):
 @pytest.fixture
 def account(api):
     """A registered account: (username, password)."""
-    username, password = new_username(), "correct horse battery"
+    username, password = new_username(), PASSWORD
     assert api().register(username, password).status_code == 201
     return username, password
 

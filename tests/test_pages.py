@@ -5,9 +5,7 @@ import re
 import pytest
 import requests
 
-from tests.support.api import new_username
-
-PASSWORD = "correct horse battery"
+from tests.support.api import PASSWORD, new_username
 
 
 def csrf_of(html: str) -> str:
