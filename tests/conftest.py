@@ -1,5 +1,7 @@
 import pytest
+import redis
 
+from service import Settings, create_app
 from tests.support.api import PASSWORD, ApiClient, new_username
 from tests.support.nginx import Nginx
 from tests.support.processes import Gunicorn, RedisServer, base_env
@@ -11,6 +13,25 @@ def redis_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def app(redis_server):
+    """The real app, built in this process from test settings (flaskr's way),
+    for logic that needs no server; its Redis is the session's redis-server."""
+    settings = Settings.from_env(base_env(redis_server.url, AUTH_RATE_LIMIT="1000 per minute",
+                                          LOGIN_FAILURE_LIMIT="1000 per minute"))
+    app = create_app(settings)
+    yield app
+    for client in app.extensions.values():
+        if isinstance(client, redis.Redis):
+            client.connection_pool.disconnect()
+
+
+@pytest.fixture
+def client(app):
+    """Flask's test client for `app`: requests without sockets, cookies kept."""
+    return app.test_client()
 
 
 @pytest.fixture(scope="session")
