@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import redis
 
@@ -44,34 +46,35 @@ def service(redis_server, tmp_path_factory):
     server.stop()
 
 
+def made_in_test(make_one, close):
+    """The body of a factory fixture (``yield from`` it): the test makes any
+    number of things with make_one(...), each is closed afterwards."""
+    made = []
+
+    def make(*args, **kwargs):
+        made.append(make_one(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for thing in made:
+        close(thing)
+
+
 @pytest.fixture
 def make_gunicorn(tmp_path):
     """Start extra gunicorn instances in a test; all are stopped afterwards."""
-    started = []
-
-    def make(env, **kwargs):
-        server = Gunicorn(tmp_path / f"gunicorn-{len(started)}", env, **kwargs)
-        started.append(server)
-        return server
-
-    yield make
-    for server in started:
-        server.stop()
+    numbers = itertools.count()
+    yield from made_in_test(
+        lambda env, **kwargs: Gunicorn(tmp_path / f"gunicorn-{next(numbers)}", env, **kwargs),
+        Gunicorn.stop)
 
 
 @pytest.fixture
 def api(service):
     """Make API clients (each its own browser-like cookie jar) for the shared service."""
-    clients = []
-
-    def make(base_url=None, **kwargs):
-        client = ApiClient(base_url or service.url, **kwargs)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.close()
+    yield from made_in_test(
+        lambda base_url=None, **kwargs: ApiClient(base_url or service.url, **kwargs),
+        ApiClient.close)
 
 
 @pytest.fixture

@@ -36,14 +36,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.processes import (
-    ROOT,
-    ManagedProcess,
-    free_port,
-    read_log,
-    require_binary,
-    wait_until,
-)
+from tests.support.processes import ROOT, ManagedProcess, free_port, require_binary, wait_until
 
 RENDER = ROOT / "deploy" / "nginx" / "render"
 
@@ -193,4 +186,4 @@ class Nginx(ManagedProcess):
         return self.log()
 
     def access_log(self) -> str:
-        return read_log(self.prefix / "logs" / "access.log")
+        return self.log(self.prefix / "logs" / "access.log")

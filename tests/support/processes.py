@@ -87,8 +87,10 @@ class ManagedProcess:
                                             start_new_session=True, **popen_args)
         return self.process
 
-    def log(self) -> str:
-        return read_log(self.log_path) if self.log_path else ""
+    def log(self, path: Path | None = None) -> str:
+        """Its log so far, or that of another file it writes."""
+        path = path or self.log_path
+        return read_log(path) if path else ""
 
     def wait_ready(self, ready, timeout: float, what: str) -> None:
         """Wait until ready() is true; if the process exits or time runs
