@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import redis
 import requests
 
 from tests.support.processes import ROOT, free_port, require_binary, wait_until
@@ -81,6 +82,11 @@ def test_run_command_serves_and_ctrl_c_stops_everything(tmp_path):
         assert len(secret) >= 43
         assert oct((repo / ".env").stat().st_mode & 0o777) == "0o600"
         assert (repo / ".state" / "redis" / "redis.sock").is_socket()
+        # The private Redis runs with deploy/redis/service.conf: AOF, fsync every second.
+        with redis.Redis(unix_socket_path=str(repo / ".state" / "redis" / "redis.sock"),
+                         socket_timeout=2) as db:
+            assert db.config_get("appendonly") == {"appendonly": "yes"}
+            assert db.config_get("appendfsync") == {"appendfsync": "everysec"}
         r = requests.get(f"http://127.0.0.1:{port}/", timeout=5)
         assert r.status_code == 200 and "It works" in r.text
         started = descendants(process.pid)

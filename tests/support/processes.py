@@ -121,8 +121,13 @@ class ManagedProcess:
         return self.process.returncode
 
 
+# The service's Redis settings (AOF): scripts/run and the guide use the same.
+REDIS_CONF = ROOT / "deploy" / "redis" / "service.conf"
+
+
 class RedisServer(ManagedProcess):
-    """A private redis-server on a free port, persisting to AOF in its own dir."""
+    """A private redis-server on a free port with the service's settings
+    (REDIS_CONF), persisting to AOF in its own dir."""
 
     def __init__(self, directory: Path):
         self.binary = require_binary("redis-server", "redis-server")
@@ -137,9 +142,8 @@ class RedisServer(ManagedProcess):
 
     def start(self) -> RedisServer:
         self.spawn([
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--dir", str(self.directory), "--appendonly", "yes", "--save", "",
-            "--logfile", str(self.log_path),
+            self.binary, str(REDIS_CONF), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.directory), "--save", "", "--logfile", str(self.log_path),
         ])
 
         def up():
