@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 
 from tests.support.processes import ROOT, free_port, require_binary, wait_until
@@ -27,6 +28,12 @@ def test_stack_serves_https_h2_redirects_http_and_stops_on_ctrl_c(tmp_path):
     try:
         wait_until(lambda: stack.poll() is None and "==> serving" in log.read_text(), 60,
                    "scripts/stack to serve")
+        # Peers on gunicorn's socket are trusted for X-Forwarded-For: only this
+        # user (nginx's here) may reach it, through a 0700 directory.
+        socket_path = state / "stack" / "gunicorn.sock"
+        assert socket_path.is_socket()
+        assert stat.S_IMODE(socket_path.stat().st_mode) == 0o770
+        assert stat.S_IMODE(socket_path.parent.stat().st_mode) == 0o700
         ca = state / "local-ca" / "ca.crt"
         assert f"curl --cacert {ca}" in log.read_text()  # how to trust the CA
 
