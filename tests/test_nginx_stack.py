@@ -7,7 +7,7 @@ import signal
 import stat
 import subprocess
 
-from tests.support.processes import ROOT, free_port, require_binary, wait_until
+from tests.support.processes import ROOT, ManagedProcess, free_port, require_binary, wait_until
 
 
 def test_stack_serves_https_h2_redirects_http_and_stops_on_ctrl_c(tmp_path):
@@ -22,9 +22,8 @@ def test_stack_serves_https_h2_redirects_http_and_stops_on_ctrl_c(tmp_path):
         "STACK_HTTPS_PORT": str(https_port), "STACK_HTTP_PORT": str(http_port),
     }
     log = tmp_path / "stack.log"
-    with log.open("wb") as out:
-        stack = subprocess.Popen([str(ROOT / "scripts" / "stack")], cwd=ROOT, env=env,
-                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    script = ManagedProcess("scripts/stack", log)
+    stack = script.spawn([str(ROOT / "scripts" / "stack")], stdout=log, cwd=ROOT, env=env)
     try:
         wait_until(lambda: stack.poll() is None and "==> serving" in log.read_text(), 60,
                    "scripts/stack to serve")
@@ -69,12 +68,7 @@ def test_stack_serves_https_h2_redirects_http_and_stops_on_ctrl_c(tmp_path):
 
         wait_until(group_gone, 15, "the stack's processes to exit")
     finally:
-        if stack.poll() is None:
-            os.killpg(stack.pid, signal.SIGKILL)
-            stack.wait(10)
-        else:
-            try:
-                os.killpg(stack.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        # After a failure: TERM, so its trap stops the children it started in
+        # sessions of their own (SIGKILL would leave them running).
+        script.stop(30)
     assert not (state / "stack" / "gunicorn.sock").exists()
