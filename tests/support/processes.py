@@ -65,7 +65,8 @@ class ManagedProcess:
     that fails with the log, and stop() with a timeout, then SIGKILL.
 
     Subclasses (RedisServer, Gunicorn, Nginx) name the log that explains a
-    failure (``log``); Pebble holds two plain instances.
+    failure (``log``); Pebble holds two plain instances, and so do the tests
+    of scripts/run and scripts/stack and of a TLS redis-server.
     """
 
     def __init__(self, name: str, log_path: Path | None = None):
