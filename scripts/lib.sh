@@ -116,14 +116,17 @@ wait_any_child() {
 }
 
 # start_private_redis DIR: a redis-server reachable only through DIR/redis.sock
-# (no TCP port, socket mode 700), AOF in DIR; exports REDIS_URL.
+# (no TCP port, socket mode 700), with the service's settings
+# (deploy/redis/service.conf: AOF, fsync every second) and its AOF in DIR;
+# exports REDIS_URL.
 start_private_redis() {
   local dir=$1
   mkdir -p "$dir"
   chmod 700 "$dir"
   rm -f "$dir/redis.sock"
-  spawn redis-server --port 0 --unixsocket "$dir/redis.sock" --unixsocketperm 700 \
-    --dir "$dir" --appendonly yes --save "" --logfile "$dir/redis.log"
+  spawn redis-server "$ROOT/deploy/redis/service.conf" --port 0 \
+    --unixsocket "$dir/redis.sock" --unixsocketperm 700 \
+    --dir "$dir" --save "" --logfile "$dir/redis.log"
   for _ in $(seq 100); do [ -S "$dir/redis.sock" ] && break; sleep 0.05; done
   [ -S "$dir/redis.sock" ] || die "redis-server did not start; see $dir/redis.log"
   export REDIS_URL="unix://$dir/redis.sock"

@@ -176,7 +176,7 @@ def change_password(user: User, current_password, new_password) -> None:
 def delete_account(user: User, password) -> None:
     if not verify_password(user.password_hash, password):
         raise PermissionError("password is wrong")
-    for _handle, sid in accounts().session_ids(user.uid).items():
+    for sid in accounts().session_ids(user.uid).values():
         _sessions().delete(sid)
     accounts().drop_index(user.uid)
     accounts().delete(user)
