@@ -2,6 +2,21 @@
 # shellcheck shell=bash
 
 LE_DIR=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)
+LE_REPO=$(cd "$LE_DIR/../.." && pwd)
+
+# The app's virtualenv provides python-dotenv (the settings file is read as the
+# app reads its .env) and Jinja2 (install-schedule): APP_VENV from the
+# environment, else the checkout's .venv (scripts/test, scripts/stack), else
+# ../venv beside the checkout (deploy/README.md: /srv/flask-service/{app,venv}).
+app_venv() {
+  local dir
+  for dir in ${APP_VENV:+"$APP_VENV"} "$LE_REPO/.venv" "$LE_REPO/../venv"; do
+    if [ -x "$dir/bin/python" ]; then (cd "$dir" && pwd); return 0; fi
+    [ -z "${APP_VENV:-}" ] || break
+  done
+  le_error "no app virtualenv at ${APP_VENV:-$LE_REPO/.venv or $LE_REPO/../venv}: set APP_VENV to the one deploy/README.md installs"
+  return 1
+}
 
 # The settings below, in the environment or in LETSENCRYPT_ENV_FILE (KEY=VALUE
 # lines; the environment wins). One file serves the timer, cron, the hook that
