@@ -1,4 +1,4 @@
-"""nginx in front of gunicorn: TLS, HTTP/2, proxying, limits (issue 4).
+"""nginx in front of gunicorn: TLS, HTTP/2, proxying, limits.
 
 Real processes only: redis-server, gunicorn with a gevent worker on a unix
 socket (APP_ENV=production), and nginx rendered by deploy/nginx/render with a
