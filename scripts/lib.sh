@@ -3,6 +3,7 @@
 # shellcheck shell=bash
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$ROOT/deploy/usage.sh"
 VENV=${VENV:-$ROOT/.venv}
 PYTHON=${PYTHON:-python3}
 

@@ -3,6 +3,7 @@
 
 LE_DIR=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)
 LE_REPO=$(cd "$LE_DIR/../.." && pwd)
+. "$LE_REPO/deploy/usage.sh"
 
 # The app's virtualenv provides python-dotenv (the settings file is read as the
 # app reads its .env) and Jinja2 (install-schedule): APP_VENV from the
