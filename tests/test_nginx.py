@@ -14,6 +14,7 @@ import select
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import time
@@ -21,7 +22,8 @@ import time
 import pytest
 
 from service.security import API_HEADERS, HTML_HEADERS
-from tests.support.nginx import RENDER, Nginx
+from tests.support import h2frames
+from tests.support.nginx import RENDER, Nginx, Response
 from tests.support.processes import ROOT, Gunicorn, base_env, require_binary, wait_until
 from tests.support.tls import LocalCA
 
@@ -438,3 +440,78 @@ def test_slow_loris_headers_are_cut_off(nginx, ca):
     assert closed, f"still connected after {elapsed:.1f}s and {sent} bytes"
     assert sent < len(request)
     assert HEADER_TIMEOUT - 0.5 <= elapsed < HEADER_TIMEOUT + 3, elapsed
+
+
+# -- nginx's own answers -------------------------------------------------------------
+
+
+def test_access_log_lines_parse_for_streams_reset_before_a_status(nginx, ca):
+    """A stream reset while its header block is incomplete has status 000."""
+    with h2frames.connect(nginx.https_port, HOST, ca.client_context()) as tls:
+        block = h2frames.header_block((":method", "GET"), (":scheme", "https"),
+                                      (":path", "/reset-early"), (":authority", HOST))
+        tls.sendall(h2frames.frame(h2frames.HEADERS, 0, 1, block)  # no END_HEADERS
+                    + h2frames.frame(h2frames.RST_STREAM, 0, 1, struct.pack(">I", h2frames.CANCEL)))
+        try:
+            tls.recv(65536)  # nginx answers with GOAWAY and closes
+        except OSError:
+            pass
+
+    def reset_logged():
+        entries = [json.loads(line) for line in nginx.access_log().splitlines()]  # all parse
+        return [e for e in entries if e["status"] is None]
+
+    assert wait_until(reset_logged, 5, "a log line for the reset stream")
+    assert '"status":000' not in nginx.access_log()
+
+
+def test_nginx_429_on_the_api_is_the_apps_json_error_with_retry_after(nginx):
+    statuses = [nginx.request("POST", "/api/auth/register", body="{}", source="127.0.0.5",
+                              headers={"Content-Type": "application/json"}) for _ in range(5)]
+    limited = statuses[-1]
+    assert limited.status == 429
+    assert limited.header("Content-Type") == "application/json"
+    assert json.loads(limited.body) == {
+        "error": "rate_limited",  # as the app names it (service/errors.py)
+        "message": "Too many attempts from your address in a short time. "
+                   "Wait a minute, then try again."}
+    assert limited.header("Retry-After") == "6"  # 10r/m: the next attempt passes in 6 s
+    assert_headers_once(limited, API_HEADERS)
+    assert limited.header_values("Cache-Control") == ["no-store"]
+    assert limited.header("X-Request-ID")
+    # The HTML forms get the HTML page, with Retry-After too.
+    page = nginx.request("POST", "/register", body="x", source="127.0.0.5")
+    assert page.status == 429 and b'id="nginx-error"' in page.body
+    assert page.header("Retry-After") == "6"
+    assert_headers_once(page, HTML_HEADERS)
+
+
+def test_nginx_413_on_the_api_is_json_without_retry_after(nginx):
+    response = nginx.request("POST", "/api/auth/login", body="x" * (MAX_BODY + 1),
+                             headers={"Content-Type": "application/json"}, source="127.0.0.6")
+    assert response.status == 413
+    assert json.loads(response.body)["error"] == "payload_too_large"
+    assert response.header("Retry-After") is None
+    assert_headers_once(response, API_HEADERS)
+
+
+@pytest.mark.parametrize("request_head", [
+    b"GET / HTTP/1.1\r\nHost: app.test\r\nNo colon here\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: app.test\r\nCookie: " + b"a" * 20000 + b"\r\n\r\n",  # 494 -> 400
+    b"BREW\r\n\r\n",
+])
+def test_requests_rejected_before_any_location_get_security_headers(nginx, ca, request_head):
+    context = ca.client_context()
+    with (socket.create_connection(("127.0.0.1", nginx.https_port), timeout=5) as raw,
+          context.wrap_socket(raw, server_hostname=HOST) as tls):
+        tls.sendall(request_head)
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode().split("\r\n")
+    assert status_line.startswith("HTTP/1.1 400 "), status_line
+    response = Response(400, [tuple(part.strip() for part in line.split(":", 1)) for line in lines],
+                        body)
+    assert b'id="nginx-error"' in body
+    assert_headers_once(response, HTML_HEADERS)
