@@ -21,7 +21,16 @@ def create_app(settings: Settings | None = None):
     settings.require_valid()
     _check_rate_limits(settings)
 
-    from . import errors, extensions, middleware, redis_client, security, sessions
+    from . import (
+        errors,
+        extensions,
+        metrics,
+        middleware,
+        redis_client,
+        security,
+        sessions,
+        watchdog,
+    )
     from .accounts import AccountStore, index_session
 
     middleware.configure_logging(settings)
@@ -32,6 +41,7 @@ def create_app(settings: Settings | None = None):
         TRUSTED_HOSTS=list(settings.allowed_hosts) or None,
     )
     app.extensions["settings"] = settings
+    request_metrics = metrics.init_app(app, settings)
 
     redis_client.init_app(app, settings)
     client = app.extensions["redis"]
@@ -64,7 +74,8 @@ def create_app(settings: Settings | None = None):
     app.register_blueprint(pages_bp)
     app.register_blueprint(api_bp)
 
-    app.wsgi_app = middleware.wrap(app.wsgi_app, settings)
+    app.wsgi_app = middleware.wrap(app.wsgi_app, settings, request_metrics)
+    watchdog.init_app(app, settings)
     return app
 
 

@@ -7,6 +7,7 @@ anything.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -119,6 +120,9 @@ class Settings:
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
     log_format: str = "text"
     log_level: str = "INFO"
+    metrics_bind: str = ""
+    metrics_allow_public: bool = False
+    blocked_hub_threshold: float = 0.0
     problems: tuple[str, ...] = field(default=(), compare=False)
 
     @classmethod
@@ -165,6 +169,10 @@ class Settings:
             forwarded_allow_ips=_list(environ, "FORWARDED_ALLOW_IPS", ("127.0.0.1", "::1")),
             log_format=log_format,
             log_level=(_get(environ, "LOG_LEVEL", "INFO") or "INFO").upper(),
+            metrics_bind=_get(environ, "METRICS_BIND", "") or "",
+            metrics_allow_public=_bool(environ, "METRICS_ALLOW_PUBLIC", False),
+            blocked_hub_threshold=_number(environ, "BLOCKED_HUB_THRESHOLD",
+                                          0.2 if production else 0.0, float),
         )
         return replace(settings, problems=tuple(_find_problems(settings)))
 
@@ -263,7 +271,44 @@ def _find_problems(s: Settings) -> list[str]:
                 "FORWARDED_ALLOW_IPS='*' lets any client forge its address and scheme; "
                 "list the proxy addresses instead (nginx on a unix socket needs none)."
             )
+    if s.metrics_bind:
+        problems += metrics_bind_problems(s.metrics_bind, s.metrics_allow_public)
+    if 0 < s.blocked_hub_threshold < 0.01:
+        problems.append("BLOCKED_HUB_THRESHOLD must be 0 (off) or at least 0.01 seconds.")
     return problems
+
+
+def parse_bind(value: str) -> tuple[str, int]:
+    """host:port or [v6]:port -> (host, port); ValueError if malformed."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(value)
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host:
+        raise ValueError(value)
+    return host, int(port)
+
+
+def metrics_bind_problems(bind: str, allow_public: bool) -> list[str]:
+    """The metrics endpoint must not face the internet: a loopback or private
+    IP address (or localhost), unless METRICS_ALLOW_PUBLIC says otherwise."""
+    try:
+        host, _ = parse_bind(bind)
+    except ValueError:
+        return [f"METRICS_BIND={bind!r} is not host:port, e.g. 127.0.0.1:9101."]
+    if host == "localhost" or allow_public:
+        return []
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return [f"METRICS_BIND={bind!r} needs an IP address (or localhost), not a host name."]
+    if address.is_unspecified or not (address.is_loopback or address.is_private):
+        return [(
+            f"METRICS_BIND={bind!r} would serve metrics on a public or wildcard address; "
+            "use loopback (127.0.0.1:9101) or a private address, or set "
+            "METRICS_ALLOW_PUBLIC=true if a firewall really guards it."
+        )]
+    return []
 
 
 def redact_url(url: str | None) -> str | None:

@@ -22,6 +22,7 @@ def make_client(
     connect_timeout: float,
     socket_timeout: float,
     retries: int,
+    name: str,
 ) -> redis.Redis:
     """A client on a bounded pool that waits instead of failing.
 
@@ -32,8 +33,14 @@ def make_client(
     Redis becomes a 503 within a second and a hung one after
     ``socket_timeout``, and a connection broken by a Redis restart is replaced
     transparently. (Long blocking commands, BLPOP with a timeout above
-    ``socket_timeout``, need a client of their own.)
+    ``socket_timeout``, need a client of their own.) With metrics on, the
+    pool reports connections in use and waits, labelled ``name``.
     """
+    extra = {}
+    if settings.metrics_bind:
+        from .metrics import timed_queue_class
+
+        extra["queue_class"] = timed_queue_class(name, max_connections)
     retry = Retry(
         ExponentialWithJitterBackoff(cap=0.2, base=0.02),
         retries,
@@ -48,6 +55,7 @@ def make_client(
         health_check_interval=30,
         retry=retry,
         client_name=f"service-{os.getpid()}",
+        **extra,
     )
     return redis.Redis(connection_pool=pool, retry=retry)
 
@@ -62,6 +70,7 @@ def init_app(app, settings: Settings) -> None:
         connect_timeout=settings.redis_connect_timeout,
         socket_timeout=settings.redis_socket_timeout,
         retries=settings.redis_retries,
+        name="main",
     )
     # /readyz must answer fast even when the main pool is busy or Redis hangs.
     app.extensions["redis_probe"] = make_client(
@@ -71,6 +80,7 @@ def init_app(app, settings: Settings) -> None:
         connect_timeout=PROBE_TIMEOUT,
         socket_timeout=PROBE_TIMEOUT,
         retries=0,
+        name="probe",
     )
 
 

@@ -36,6 +36,7 @@ from flask.sessions import SessionMixin
 from flask_session.redis import RedisSessionInterface
 from redis.exceptions import ResponseError
 
+from . import metrics
 from .config import Settings
 
 DATA = "d:"
@@ -103,6 +104,7 @@ class RedisSession(SessionMixin):
         self._deleted: set[str] = set()
         self._rewrite_all = False
         self.accessed = False
+        self.rotated = False  # moved from a stored id in this request
 
     def _items(self) -> dict[str, Any]:
         self.accessed = True
@@ -111,6 +113,7 @@ class RedisSession(SessionMixin):
             if found is None:
                 # Unknown, expired or foreign: start afresh under a new id so
                 # that nobody can choose the id of a future session.
+                metrics.session_event("expired")
                 self.sid = self.store.generate_sid()
                 self.stored = False
                 self._data = {}
@@ -285,6 +288,7 @@ class RedisSessionStore(RedisSessionInterface):
         session.modified = True
         if was_stored:
             self.delete(old_sid)
+            session.rotated = True
 
     # -- Flask's SessionInterface ----------------------------------------------
     def open_session(self, app: Flask, request: Request) -> RedisSession:
@@ -326,6 +330,7 @@ class RedisSessionStore(RedisSessionInterface):
             return
         session.stored = True
         if was_new:
+            metrics.session_event("rotated" if session.rotated else "created")
             self.set_cookie(app, response, session.sid)
             for callback in self.on_new_id:
                 callback(session)

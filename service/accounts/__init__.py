@@ -15,6 +15,7 @@ from functools import wraps
 
 from flask import current_app, g, request, session
 
+from .. import metrics
 from .passwords import hash_password, verify_password
 from .store import (
     AccountStore,
@@ -79,6 +80,7 @@ def authenticate(username, password) -> User | None:
     """The user for these credentials, or None; same work either way."""
     user = accounts().find(normalize_username(username))
     if not verify_password(user.password_hash if user else None, password):
+        metrics.login_failures.inc()
         return None
     return user
 
@@ -105,6 +107,7 @@ def end_session() -> None:
     session.clear()
     if uid and handle:
         accounts().remove_session(uid, handle)
+        metrics.session_event("logged_out")
     g.user = None
 
 
@@ -146,6 +149,7 @@ def revoke_session(user: User, handle: str) -> bool:
         return False
     _sessions().delete(sid)
     accounts().remove_session(user.uid, handle)
+    metrics.session_event("revoked")
     return True
 
 
@@ -155,6 +159,7 @@ def revoke_other_sessions(user: User) -> int:
     for handle, sid in others.items():
         _sessions().delete(sid)
         accounts().remove_session(user.uid, handle)
+    metrics.session_event("revoked", len(others))
     return len(others)
 
 
@@ -176,8 +181,10 @@ def change_password(user: User, current_password, new_password) -> None:
 def delete_account(user: User, password) -> None:
     if not verify_password(user.password_hash, password):
         raise PermissionError("password is wrong")
-    for sid in accounts().session_ids(user.uid).values():
+    sids = accounts().session_ids(user.uid).values()
+    for sid in sids:
         _sessions().delete(sid)
+    metrics.session_event("revoked", len(sids))
     accounts().drop_index(user.uid)
     accounts().delete(user)
     session.clear()
