@@ -42,7 +42,13 @@ def accounts() -> AccountStore:
 
 
 def _sessions():
+    """The Flask session interface (rotation)."""
     return current_app.session_interface
+
+
+def _records():
+    """The session records in Redis (listing and ending other sessions)."""
+    return current_app.extensions["session_store"]
 
 
 def current_user() -> User | None:
@@ -113,11 +119,11 @@ def index_session(stored_session) -> None:
     uid, handle = stored_session.get("uid"), stored_session.get("handle")
     if uid and handle:
         accounts().add_session(uid, handle, stored_session.sid,
-                               _sessions().settings.session_absolute_timeout)
+                               current_app.extensions["settings"].session_absolute_timeout)
 
 
 def list_sessions(user: User) -> list[dict]:
-    store = _sessions()
+    store = _records()
     current = session.get("handle")
     found = []
     for handle, sid in accounts().session_ids(user.uid).items():
@@ -144,7 +150,7 @@ def revoke_session(user: User, handle: str) -> bool:
     sid = accounts().session_ids(user.uid).get(handle)
     if sid is None:
         return False
-    _sessions().delete(sid)
+    _records().delete(sid)
     accounts().remove_session(user.uid, handle)
     return True
 
@@ -153,7 +159,7 @@ def revoke_other_sessions(user: User) -> int:
     current = session.get("handle")
     others = {h: s for h, s in accounts().session_ids(user.uid).items() if h != current}
     for handle, sid in others.items():
-        _sessions().delete(sid)
+        _records().delete(sid)
         accounts().remove_session(user.uid, handle)
     return len(others)
 
@@ -177,7 +183,7 @@ def delete_account(user: User, password) -> None:
     if not verify_password(user.password_hash, password):
         raise PermissionError("password is wrong")
     for sid in accounts().session_ids(user.uid).values():
-        _sessions().delete(sid)
+        _records().delete(sid)
     accounts().drop_index(user.uid)
     accounts().delete(user)
     session.clear()
