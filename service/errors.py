@@ -7,7 +7,8 @@ becomes a 503 with ``Retry-After``; nothing leaks a traceback.
 
 from __future__ import annotations
 
-import flask
+import logging
+
 from flask import Request, current_app, json, render_template, request
 from flask_wtf.csrf import CSRFError
 from redis.exceptions import RedisError
@@ -57,14 +58,6 @@ class JSONRequest(Request):
         raise InvalidJSON()
 
 
-class Flask(flask.Flask):
-    def log_exception(self, exc_info) -> None:
-        # A Redis outage is logged once per request as a warning by
-        # handle_redis_error; a traceback per request would drown the log.
-        if not isinstance(exc_info[1], RedisError):
-            super().log_exception(exc_info)
-
-
 def wants_json() -> bool:
     if request.path.startswith("/api/") or request.is_json:
         return True
@@ -88,10 +81,6 @@ def error_response(exc: HTTPException):
         )
         response.mimetype = "text/html"
     return response
-
-
-def handle_http_error(exc: HTTPException):
-    return error_response(exc)
 
 
 def handle_redis_error(exc: RedisError):
@@ -118,9 +107,19 @@ def handle_csrf_error(exc: CSRFError):
     return error_response(forbidden)
 
 
+def without_redis_tracebacks(record: logging.LogRecord) -> bool:
+    """Logging filter: drop Flask's traceback of a Redis error.
+
+    A Redis outage is logged once per request as a warning by
+    handle_redis_error; Flask's own ERROR with a traceback (``log_exception``,
+    for errors raised while the session is saved) would drown the log."""
+    return not (record.exc_info and isinstance(record.exc_info[1], RedisError))
+
+
 def init_app(app) -> None:
     app.request_class = JSONRequest
+    app.logger.addFilter(without_redis_tracebacks)
     app.register_error_handler(CSRFError, handle_csrf_error)
-    app.register_error_handler(HTTPException, handle_http_error)
+    app.register_error_handler(HTTPException, error_response)
     app.register_error_handler(InternalServerError, handle_internal_error)
     app.register_error_handler(RedisError, handle_redis_error)

@@ -21,15 +21,16 @@ from .store import (
     User,
     UsernameTaken,
     ValidationFailed,
+    WrongPassword,
     normalize_username,
     password_problem,
     validate_credentials,
 )
 
 __all__ = [
-    "AccountStore", "User", "UsernameTaken", "ValidationFailed", "authenticate",
-    "change_password", "current_user", "delete_account", "end_session", "list_sessions",
-    "register", "revoke_other_sessions", "revoke_session", "start_session",
+    "AccountStore", "User", "UsernameTaken", "ValidationFailed", "WrongPassword",
+    "authenticate", "change_password", "current_user", "delete_account", "end_session",
+    "list_sessions", "register", "revoke_other_sessions", "revoke_session", "start_session",
 ]
 
 USER_AGENT_MAX = 200
@@ -170,7 +171,7 @@ def change_password(user: User, current_password, new_password) -> None:
     if problems:
         raise ValidationFailed(problems)
     if not verify_password(user.password_hash, current_password):
-        raise PermissionError("current password is wrong")
+        raise WrongPassword("current password is wrong")
     accounts().set_password(user.uid, hash_password(new_password))
     revoke_other_sessions(user)
     # A new id for this session too; its CSRF secret carries over, so the
@@ -181,7 +182,7 @@ def change_password(user: User, current_password, new_password) -> None:
 
 def delete_account(user: User, password) -> None:
     if not verify_password(user.password_hash, password):
-        raise PermissionError("password is wrong")
+        raise WrongPassword("password is wrong")
     for sid in accounts().session_ids(user.uid).values():
         _records().delete(sid)
     accounts().drop_index(user.uid)
