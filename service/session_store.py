@@ -6,6 +6,11 @@ scripts, so "only while the record still exists" is one atomic step; the
 record's TTL is the idle timeout, never beyond the absolute timeout counted
 from ``m:created``. Anything that is not this format reads as no record;
 nothing is ever unpickled.
+
+A record can move to a new id (rotation, one script: only while it exists).
+The old id then names its successor for a while (``session:<old>:next``), so
+deleting the old id, as a logout that still holds it does, deletes the
+successor too: a rotation in flight cannot outlive a logout.
 """
 
 from __future__ import annotations
@@ -29,26 +34,41 @@ ID_BYTES = 32
 # secrets.token_urlsafe(32) gives 43 characters of the URL-safe alphabet.
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}")
 
+# How long an old id names the id its record moved to: longer than any
+# request sent with the old id can take to reach its save (nginx gives up on
+# a response after 60 s, deploy/nginx/snippets/proxy.conf.in).
+SUCCESSOR_TTL_MS = 120_000
+
 log = logging.getLogger(__name__)
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
 
-# KEYS[1]: record key. ARGV: must_exist ('1'/'0'), ttl_ms, n_set, then n_set
-# field/value pairs, then the fields to delete. Returns 0 when the record had
-# to exist but is gone (logged out, revoked or expired meanwhile).
+# KEYS[1]: record key; for a move also KEYS[2], the new record key, and
+# KEYS[3], the old id's successor pointer. ARGV: must_exist ('1'/'0'), ttl_ms,
+# the new id and the pointer's TTL (a move), n_set, then n_set field/value
+# pairs, then the fields to delete. Returns 0 when the record had to exist but
+# is gone (logged out, revoked or expired meanwhile). HSET comes first: under
+# maxmemory Redis refuses a script's first growing write, and then nothing of
+# it has happened.
 WRITE_SCRIPT = """
 if ARGV[1] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then
   return 0
 end
-local n = tonumber(ARGV[3])
+local n = tonumber(ARGV[5])
 if n > 0 then
-  redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + 2 * n))
+  redis.call('HSET', KEYS[1], unpack(ARGV, 6, 5 + 2 * n))
 end
-if #ARGV > 3 + 2 * n then
-  redis.call('HDEL', KEYS[1], unpack(ARGV, 4 + 2 * n, #ARGV))
+if #ARGV > 5 + 2 * n then
+  redis.call('HDEL', KEYS[1], unpack(ARGV, 6 + 2 * n, #ARGV))
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local record = KEYS[1]
+if #KEYS == 3 then
+  redis.call('RENAME', KEYS[1], KEYS[2])
+  redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
+  record = KEYS[2]
+end
+redis.call('PEXPIRE', record, ARGV[2])
 return 1
 """
 
@@ -130,26 +150,43 @@ class SessionStore:
             return None
         return found
 
+    def successor_key(self, sid: str) -> str:
+        return self.key(sid) + ":next"
+
     def write(self, sid: str, created_ms: int, values: dict[str, Any],
-              removed: Iterable[str] = (), *, must_exist: bool) -> bool:
+              removed: Iterable[str] = (), *, must_exist: bool,
+              moved_from: str | None = None) -> bool:
         """Set values and remove keys; False if the record had to exist and is gone.
 
-        A new record (must_exist=False) gets ``created_ms`` as its creation time."""
+        A new record (must_exist=False) gets ``created_ms`` as its creation
+        time. With ``moved_from`` the record under that id moves to ``sid``
+        (keeping its creation time), but only if it still exists."""
+        keys = [self.key(sid)]
+        if moved_from is not None:
+            keys = [self.key(moved_from), self.key(sid), self.successor_key(moved_from)]
+            must_exist = True
         pairs: list[Any] = [SEEN, now_ms()]
         if not must_exist:
             pairs += [CREATED, created_ms]
         for name, value in values.items():
             pairs += [DATA + name, _encode(value)]
-        args = ["1" if must_exist else "0", self.ttl_ms(created_ms), len(pairs) // 2]
+        ttl = self.ttl_ms(created_ms)
+        args = ["1" if must_exist else "0", ttl, sid, min(ttl, SUCCESSOR_TTL_MS), len(pairs) // 2]
         args += pairs + [DATA + name for name in removed]
-        return bool(self._write(keys=[self.key(sid)], args=args))
+        return bool(self._write(keys=keys, args=args))
 
     def touch(self, sid: str, created_ms: int) -> bool:
         """Note the record as seen now and renew its idle timeout; False if gone."""
         return bool(self._touch(keys=[self.key(sid)], args=[now_ms(), self.ttl_ms(created_ms)]))
 
     def delete(self, sid: str) -> None:
-        self.client.delete(self.key(sid))
+        """Delete the record, and whatever record it moved to meanwhile."""
+        while sid:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.delete(self.key(sid))
+                pipe.getdel(self.successor_key(sid))
+                _, successor = pipe.execute()
+            sid = successor.decode() if successor else None
 
 
 def decode(raw: dict[bytes, bytes]) -> Record:

@@ -6,7 +6,9 @@
   one session keep each other's writes to different keys; the last write to
   the *same* key wins.
 * A session loaded from Redis is saved only while its record still exists, so
-  a request still in flight during logout cannot bring it back.
+  a request still in flight during logout cannot bring it back. The same holds
+  for rotation: the record moves to the new id at the save, only if it still
+  exists, and a logout holding the old id ends the new one too.
 * The cookie carries only the id and has no expiry; the server decides when
   the session ends (the store's idle and absolute timeouts).
 """
@@ -31,8 +33,14 @@ class RedisSession(SessionMixin):
         self._load = load
         self._new_id = new_id
         self.sid = sid
+        # The id the request's cookie named, if it had the right shape.
+        self.cookie_sid = sid if stored else None
         # True while the session is believed to exist in Redis under sid.
         self.stored = stored
+        # Rotated: the record under this id moves to sid at the save.
+        self.moved_from: str | None = None
+        # Ids ended by this request (logout): deleted at the save.
+        self.ended_ids: set[str] = set()
         # When the stored session was created (the absolute timeout counts from it).
         self.created_ms: int | None = None
         self.accessed = False
@@ -85,7 +93,7 @@ class RedisSession(SessionMixin):
     # -- SessionMixin ------------------------------------------------------
     @property
     def modified(self) -> bool:
-        return bool(self._dirty or self._deleted or self._rewrite_all)
+        return bool(self._dirty or self._deleted or self._rewrite_all or self.moved_from)
 
     @modified.setter
     def modified(self, value: bool) -> None:
@@ -111,24 +119,47 @@ class RedisSession(SessionMixin):
     def changes(self) -> tuple[dict[str, Any], set[str]]:
         """(values to write, keys to remove) for the next save."""
         data = self._data or {}
-        keys = set(data) if (self._rewrite_all or not self.stored) else self._dirty
+        everything = self._rewrite_all or (not self.stored and self.moved_from is None)
+        keys = set(data) if everything else self._dirty
         return {k: data[k] for k in keys if k in data}, set(self._deleted)
 
-    def rotate(self, new_sid: str, restart_clock: bool) -> str | None:
-        """Continue under new_sid; the next save writes every key there.
-        Returns the id the session was stored under, if any."""
+    def restart(self, new_sid: str) -> str | None:
+        """Become a new session under new_sid (its clock starts at the save),
+        keeping the data. Returns the id the session was stored under, if any."""
         self._items()  # the data must be loaded before the old record goes
         previous = self.sid if self.stored else None
         self.sid = new_sid
         self.stored = False
-        if restart_clock:
-            self.created_ms = None
+        self.moved_from = None
+        self.created_ms = None
         self._deleted.clear()
         self._rewrite_all = True
         return previous
 
+    def move_to(self, new_sid: str) -> None:
+        """Continue under new_sid: the record moves there at the save."""
+        self._items()
+        if self.stored:
+            self.moved_from, self.stored = self.sid, False
+        self.sid = new_sid
+
+    def end(self, new_sid: str) -> None:
+        """End every id this session is known by (at the save); what is
+        written afterwards starts a new session under new_sid."""
+        self.accessed = True
+        self.ended_ids.update(
+            i for i in (self.cookie_sid, self.moved_from, self.sid if self.stored else None) if i
+        )
+        self.sid, self.cookie_sid, self.stored, self.moved_from = new_sid, None, False, None
+        self.created_ms = None
+        self._data = {}
+        self._dirty.clear()
+        self._deleted.clear()
+        self._rewrite_all = False
+
     def mark_stored(self, created_ms: int) -> None:
         self.stored = True
+        self.moved_from = None
         self.created_ms = created_ms
 
 
@@ -148,20 +179,29 @@ class RedisSessionInterface(SessionInterface):
             return RedisSession(sid, True, self.store.peek, self.store.new_id)
         return RedisSession(self.store.new_id(), False, self.store.peek, self.store.new_id)
 
-    def regenerate(self, session: RedisSession, restart_clock: bool = True) -> None:
-        """Move the session to a new id; the old id stops working at once.
-
-        restart_clock=False keeps the absolute timeout counting from the
-        session's original creation (a password change must not extend it)."""
-        previous = session.rotate(self.store.new_id(), restart_clock)
+    def regenerate(self, session: RedisSession) -> None:
+        """Login: the session starts anew under a new id (its absolute
+        timeout too); the old id stops working at once."""
+        previous = session.restart(self.store.new_id())
         if previous:
             self.store.delete(previous)
+
+    def rotate(self, session: RedisSession) -> None:
+        """A new id for the same session (password change). Its record moves
+        at the save, only if it still exists (a logout meanwhile wins); the
+        absolute timeout keeps counting from the session's creation."""
+        session.move_to(self.store.new_id())
+
+    def end(self, session: RedisSession) -> None:
+        """Logout: the session's record is deleted at the save, with any
+        record a rotation in flight moved it to."""
+        session.end(self.store.new_id())
 
     def save_session(self, app: Flask, session: RedisSession, response: Response) -> None:
         if not session.accessed:
             return  # never touched: no Redis I/O, no cookie
         response.vary.add("Cookie")
-        if session.stored or session:
+        if session.stored or session.ended_ids or session:
             # Personal data may be in this response: no cache may keep it.
             response.headers["Cache-Control"] = "no-store"
         if session.save_failed:
@@ -173,9 +213,12 @@ class RedisSessionInterface(SessionInterface):
             raise
 
     def _save(self, app: Flask, session: RedisSession, response: Response) -> None:
+        for sid in session.ended_ids:
+            self.store.delete(sid)
         if not session:
-            if session.stored:
-                self.store.delete(session.sid)
+            if session.stored or session.moved_from:
+                self.store.delete(session.moved_from or session.sid)
+            if session.stored or session.moved_from or session.ended_ids:
                 self.delete_cookie(app, response)
             return
         if not session.modified:
@@ -184,7 +227,8 @@ class RedisSessionInterface(SessionInterface):
             return
         created = session.created_ms or now_ms()
         values, removed = session.changes()
-        if not self.store.write(session.sid, created, values, removed, must_exist=session.stored):
+        if not self.store.write(session.sid, created, values, removed,
+                                must_exist=session.stored, moved_from=session.moved_from):
             # Logged out, revoked or expired while this request ran: write
             # nothing, not even a deletion cookie, which could land after a
             # newer login's cookie and delete that one.

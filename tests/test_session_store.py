@@ -106,3 +106,32 @@ def test_anything_not_written_by_the_store_reads_as_no_record(store, shape):
         fields = {"m:created": now_ms(), **planted}
         store.client.hset(store.key(sid), mapping={k: v for k, v in fields.items() if v})
     assert store.peek(sid) is None
+
+
+def test_a_record_moves_to_a_new_id_only_while_it_exists(store):
+    old, new, created = store.new_id(), store.new_id(), now_ms() - 5_000
+    store.write(old, created, {"uid": "u1", "csrf": "c"}, must_exist=False)
+    assert store.write(new, created, {"uid": "u1", "epoch": 2}, must_exist=True, moved_from=old)
+    assert not store.client.exists(store.key(old))
+    found = store.peek(new)
+    assert found.data == {"uid": "u1", "csrf": "c", "epoch": 2}  # moved, plus the changes
+    assert found.created_ms == created  # the absolute timeout keeps counting
+
+    gone, never = store.new_id(), store.new_id()
+    assert not store.write(never, created, {"a": 1}, must_exist=True, moved_from=gone)
+    assert not store.client.exists(store.key(never))
+
+
+def test_deleting_an_old_id_deletes_the_records_it_moved_to(store):
+    first, second, third = store.new_id(), store.new_id(), store.new_id()
+    created = now_ms()
+    store.write(first, created, {"a": 1}, must_exist=False)
+    store.write(second, created, {}, must_exist=True, moved_from=first)
+    store.write(third, created, {}, must_exist=True, moved_from=second)
+    assert 0 < store.client.pttl(store.successor_key(first)) <= 120_000
+    assert store.peek(first) is None and store.peek(third).data == {"a": 1}
+
+    store.delete(first)  # a logout still holding the first id
+    assert store.peek(third) is None
+    assert not any(store.client.exists(k) for k in (
+        store.key(third), store.successor_key(first), store.successor_key(second)))

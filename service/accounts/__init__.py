@@ -57,7 +57,7 @@ def current_user() -> User | None:
     if "user" not in g:
         g.user = accounts().get(session.get("uid"))
         if g.user is None and "uid" in session:
-            session.clear()  # the account is gone: so is this session
+            _sessions().end(session)  # the account is gone: so is this session
     return g.user
 
 
@@ -109,7 +109,7 @@ def start_session(user: User) -> None:
 def end_session() -> None:
     """Log out: the session is deleted in Redis when this response is saved."""
     uid, handle = session.get("uid"), session.get("handle")
-    session.clear()
+    _sessions().end(session)
     if uid and handle:
         accounts().remove_session(uid, handle)
     g.user = None
@@ -177,7 +177,7 @@ def change_password(user: User, current_password, new_password) -> None:
     # A new id for this session too; its CSRF secret carries over, so the
     # client's token keeps working (the API answers 204 with no new token),
     # and its absolute timeout still counts from login.
-    _sessions().regenerate(session, restart_clock=False)
+    _sessions().rotate(session)
 
 
 def delete_account(user: User, password) -> None:
@@ -187,5 +187,5 @@ def delete_account(user: User, password) -> None:
         _records().delete(sid)
     accounts().drop_index(user.uid)
     accounts().delete(user)
-    session.clear()
+    _sessions().end(session)
     g.user = None
