@@ -46,6 +46,9 @@ class RedisSession(SessionMixin):
         self.accessed = False
         # Set once a save raised: the error page's own pass does not try again.
         self.save_failed = False
+        # Why loading failed (Redis unreachable): raised again on every later
+        # use, and the save does nothing, so a request waits for Redis once.
+        self.load_error: Exception | None = None
         self._data: dict[str, Any] | None = None if stored else {}
         self._dirty: set[str] = set()
         self._deleted: set[str] = set()
@@ -54,7 +57,13 @@ class RedisSession(SessionMixin):
     def _items(self) -> dict[str, Any]:
         self.accessed = True
         if self._data is None:
-            found = self._load(self.sid)
+            if self.load_error is not None:
+                raise self.load_error
+            try:
+                found = self._load(self.sid)
+            except Exception as exc:
+                self.load_error = exc
+                raise
             if found is None:
                 # Unknown, expired or foreign: start afresh under a new id so
                 # that nobody can choose the id of a future session.
@@ -201,6 +210,8 @@ class RedisSessionInterface(SessionInterface):
         if not session.accessed:
             return  # never touched: no Redis I/O, no cookie
         response.vary.add("Cookie")
+        if session.load_error is not None:
+            return  # nothing was loaded, so nothing can have changed
         if session.stored or session.ended_ids or session:
             # Personal data may be in this response: no cache may keep it.
             response.headers["Cache-Control"] = "no-store"
