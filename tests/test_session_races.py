@@ -74,3 +74,32 @@ def test_logout_sticks_when_a_password_change_of_the_same_session_is_in_flight(
                         "logout, then change refused")
     # Most runs really had the change in flight when the logout came.
     assert outcomes.count("logout, change in flight") >= RUNS // 3, outcomes
+
+
+def test_a_login_with_the_old_password_in_flight_during_a_password_change_does_not_survive(
+        api):
+    username, password = new_username(), PASSWORD
+    owner = api()
+    assert owner.register(username, password).status_code == 201
+    assert owner.login(username, password).status_code == 200
+    logins = []
+    for run in range(RUNS):
+        attacker = api()
+        attacker.fetch_csrf()
+        new_password = f"{PASSWORD} {run}"
+        change = in_background(owner.post, "/api/auth/password",
+                               {"current_password": password, "new_password": new_password})
+        time.sleep(run % 8 * 0.012)  # 0 to 84 ms into the change
+        login = attacker.login(username, password)
+        assert change().status_code == 204
+        password = new_password
+
+        # 401: the login checked the password after the change.
+        assert login.status_code in (200, 401), login.text
+        logins.append(login.status_code)
+        assert attacker.get("/api/me").status_code == 401, run
+        listed = owner.get("/api/sessions").json()["sessions"]
+        assert [s["current"] for s in listed] == [True], run  # the owner's own, nothing else
+        assert owner.get("/api/me").status_code == 200
+    # Most runs really had the old password accepted while the change was in flight.
+    assert logins.count(200) >= RUNS // 3, logins

@@ -1,10 +1,10 @@
 """Accounts and the server-side session lifecycle, shared by pages and API.
 
 What the session holds once logged in (all of it only in Redis):
-``uid``, ``auth_time``, ``handle`` (the public name of this session in the
-sessions list), ``login_ip``, ``user_agent``, ``account_number`` (the user's
-sensitive data shown on the account page), and Flask-WTF's ``csrf_token``
-secret.
+``uid``, ``epoch`` (the account's credential epoch at the password check),
+``auth_time``, ``handle`` (the public name of this session in the sessions
+list), ``login_ip``, ``user_agent``, ``account_number`` (the user's sensitive
+data shown on the account page), and Flask-WTF's ``csrf_token`` secret.
 """
 
 from __future__ import annotations
@@ -55,9 +55,16 @@ def _records():
 def current_user() -> User | None:
     """The logged-in user of this request, or None (cached per request)."""
     if "user" not in g:
-        g.user = accounts().get(session.get("uid"))
-        if g.user is None and "uid" in session:
+        user = accounts().get(session.get("uid"))
+        if user is None and "uid" in session:
             _sessions().end(session)  # the account is gone: so is this session
+        elif user is not None and session.get("epoch", 0) != user.epoch:
+            # Opened with credentials changed since (a login in flight during
+            # a password change): refused, on every request. Not ended here:
+            # this may be the changing session's own request, racing the
+            # change that carries the session over to the new epoch.
+            user = None
+        g.user = user
     return g.user
 
 
@@ -97,6 +104,7 @@ def start_session(user: User) -> None:
     handle = secrets.token_urlsafe(12)
     session.update(
         uid=user.uid,
+        epoch=user.epoch,  # as read before the password was checked
         auth_time=int(time.time()),
         handle=handle,
         login_ip=request.remote_addr or "",
@@ -129,7 +137,8 @@ def list_sessions(user: User) -> list[dict]:
     found = []
     for handle, sid in accounts().session_ids(user.uid).items():
         stored = store.peek(sid)
-        if stored is None or stored.data.get("uid") != user.uid:
+        if (stored is None or stored.data.get("uid") != user.uid
+                or stored.data.get("epoch", 0) != user.epoch):
             continue
         found.append({
             "handle": handle,
@@ -172,7 +181,7 @@ def change_password(user: User, current_password, new_password) -> None:
         raise ValidationFailed(problems)
     if not verify_password(user.password_hash, current_password):
         raise WrongPassword("current password is wrong")
-    accounts().set_password(user.uid, hash_password(new_password))
+    session["epoch"] = accounts().set_password(user.uid, hash_password(new_password))
     revoke_other_sessions(user)
     # A new id for this session too; its CSRF secret carries over, so the
     # client's token keeps working (the API answers 204 with no new token),

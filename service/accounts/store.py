@@ -1,6 +1,7 @@
 """Accounts and each user's index of live sessions, in Redis.
 
-    user:<uid>            hash: username, password (argon2id), created, account_number
+    user:<uid>            hash: username, password (argon2id), created, account_number,
+                          epoch (credential epoch: +1 with every password change)
     username:<name>       string: uid (the username index; SET NX makes names unique)
     user:<uid>:sessions   hash: public handle -> session id, one per live session
 
@@ -43,6 +44,10 @@ class User:
     password_hash: str
     created: int
     account_number: str
+    # Sessions carry the epoch of the credentials they were opened with; a
+    # password change moves it on, which ends every session opened before,
+    # even by a login still in flight.
+    epoch: int = 0
 
 
 def normalize_username(raw) -> str:
@@ -105,14 +110,18 @@ class AccountStore:
             return None
         data = {k.decode(): v.decode() for k, v in raw.items()}
         return User(uid, data["username"], data["password"], int(data["created"]),
-                    data["account_number"])
+                    data["account_number"], int(data.get("epoch", 0)))
 
     def find(self, username: str) -> User | None:
         uid = self.redis.get(f"username:{username}")
         return self.get(uid.decode()) if uid else None
 
-    def set_password(self, uid: str, password_hash: str) -> None:
-        self.redis.hset(f"user:{uid}", "password", password_hash)
+    def set_password(self, uid: str, password_hash: str) -> int:
+        """Store a new password hash; returns the new credential epoch."""
+        with self.redis.pipeline() as pipe:  # MULTI: both or neither
+            pipe.hset(f"user:{uid}", "password", password_hash)
+            pipe.hincrby(f"user:{uid}", "epoch", 1)
+            return pipe.execute()[1]
 
     def delete(self, user: User) -> None:
         self.redis.delete(f"user:{user.uid}", f"username:{user.username}")
