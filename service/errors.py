@@ -11,7 +11,7 @@ import logging
 
 from flask import Request, current_app, json, render_template, request
 from flask_wtf.csrf import CSRFError
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from werkzeug.exceptions import (
     BadRequest,
     Forbidden,
@@ -51,6 +51,14 @@ class StoreUnavailable(ServiceUnavailable):
     )
 
 
+class StoreFull(ServiceUnavailable):
+    error_code = "store_full"
+    description = (
+        "The data store (Redis) is full right now, so this request could not "
+        "store what it needed to; please retry later."
+    )
+
+
 class JSONRequest(Request):
     def on_json_loading_failed(self, e):
         if e is None:  # wrong Content-Type: let Werkzeug answer 415
@@ -84,9 +92,11 @@ def error_response(exc: HTTPException):
 
 
 def handle_redis_error(exc: RedisError):
+    if isinstance(exc, OutOfMemoryError):  # maxmemory reached under noeviction
+        current_app.logger.warning("Redis is full: %s", exc)
+        return error_response(StoreFull(retry_after=RETRY_AFTER_SECONDS))
     current_app.logger.warning("Redis unavailable: %s: %s", type(exc).__name__, exc)
-    unavailable = StoreUnavailable(retry_after=RETRY_AFTER_SECONDS)
-    return error_response(unavailable)
+    return error_response(StoreUnavailable(retry_after=RETRY_AFTER_SECONDS))
 
 
 def handle_internal_error(exc: InternalServerError):

@@ -20,6 +20,7 @@ from typing import Any
 
 from flask import Flask, Request, Response
 from flask.sessions import SessionInterface, SessionMixin
+from redis.exceptions import OutOfMemoryError
 
 from .config import Settings
 from .session_store import Record, SessionStore, now_ms
@@ -234,7 +235,7 @@ class RedisSessionInterface(SessionInterface):
             return
         if not session.modified:
             if session.stored:
-                self.store.touch(session.sid, session.created_ms)
+                self._touch(app, session)
             return
         created = session.created_ms or now_ms()
         values, removed = session.changes()
@@ -250,6 +251,15 @@ class RedisSessionInterface(SessionInterface):
             self.set_cookie(app, response, session.sid)
             for callback in self.on_new_id:
                 callback(session)
+
+    def _touch(self, app: Flask, session: RedisSession) -> None:
+        try:
+            self.store.touch(session.sid, session.created_ms)
+        except OutOfMemoryError as exc:
+            # Redis is full (maxmemory, noeviction): the request only read the
+            # session, so it still gets its answer; the idle timeout is not
+            # renewed this time.
+            app.logger.warning("Redis is full, session not touched: %s", exc)
 
     # -- cookies: Path=/, no Domain, HttpOnly always (what a __Host- name needs)
     def _cookie_args(self, app: Flask) -> dict[str, Any]:

@@ -77,9 +77,24 @@ def password_problem(password, field="password") -> dict[str, str]:
     return {}
 
 
+# KEYS[1]: username:<name>, KEYS[2]: user:<uid>. ARGV[1]: uid, then the
+# record's field/value pairs. One script: the account exists completely or
+# not at all, even when Redis refuses its write for want of memory (it
+# refuses a script's first growing write, before anything happened).
+CREATE_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[2], unpack(ARGV, 2))
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+
+
 class AccountStore:
     def __init__(self, client: Redis):
         self.redis = client
+        self._create = client.register_script(CREATE_SCRIPT)
 
     # -- accounts --------------------------------------------------------
     def create(self, username: str, password_hash: str) -> User:
@@ -91,14 +106,10 @@ class AccountStore:
             created=int(time.time()),
             account_number=f"ACCT-{secrets.randbelow(10**12):012d}",
         )
-        self.redis.hset(f"user:{uid}", mapping={
-            "username": user.username, "password": user.password_hash,
-            "created": user.created, "account_number": user.account_number,
-        })
-        # The record first, then the name: a crash in between leaves an
-        # unreachable record, never a name that points at nothing.
-        if not self.redis.set(f"username:{username}", uid, nx=True):
-            self.redis.delete(f"user:{uid}")
+        fields = {"username": user.username, "password": user.password_hash,
+                  "created": user.created, "account_number": user.account_number}
+        args = [uid, *(item for pair in fields.items() for item in pair)]
+        if not self._create(keys=[f"username:{username}", f"user:{uid}"], args=args):
             raise UsernameTaken(username)
         return user
 
