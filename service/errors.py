@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from flask import Request, current_app, json, render_template, request
+from flask.json.provider import DefaultJSONProvider
 from flask_wtf.csrf import CSRFError
 from redis.exceptions import OutOfMemoryError, RedisError
 from werkzeug.exceptions import (
@@ -57,6 +58,40 @@ class StoreFull(ServiceUnavailable):
         "The data store (Redis) is full right now, so this request could not "
         "store what it needed to; please retry later."
     )
+
+
+class StrictJSONProvider(DefaultJSONProvider):
+    """Parsing as usual, but JSON nested deeper than Python's recursion limit
+    and strings with a lone surrogate (``"\\ud800"``: no UTF-8 text, so
+    Argon2 or Redis would fail on it) are invalid JSON: 400, not a
+    RecursionError or a UnicodeEncodeError deep in a view."""
+
+    def loads(self, s, **kwargs):
+        try:
+            value = super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
+        if _has_lone_surrogate(value):
+            raise ValueError("JSON string with a lone surrogate")
+        return value
+
+
+def _has_lone_surrogate(value) -> bool:
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode()
+                except UnicodeEncodeError:
+                    return True
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 class JSONRequest(Request):
@@ -128,6 +163,7 @@ def without_redis_tracebacks(record: logging.LogRecord) -> bool:
 
 def init_app(app) -> None:
     app.request_class = JSONRequest
+    app.json = StrictJSONProvider(app)
     app.logger.addFilter(without_redis_tracebacks)
     app.register_error_handler(CSRFError, handle_csrf_error)
     app.register_error_handler(HTTPException, error_response)
