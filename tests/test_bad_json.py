@@ -5,10 +5,8 @@ import json
 
 import pytest
 
-from tests.support.api import ApiClient, new_username
+from tests.support.api import PASSWORD, ApiClient, new_username
 from tests.support.processes import Gunicorn, base_env
-
-PASSWORD = "correct horse battery"
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,8 @@ import pytest
 from redis.exceptions import OutOfMemoryError
 
 from service.accounts.store import AccountStore
-from tests.support.api import ApiClient
+from tests.support.api import PASSWORD, ApiClient
 from tests.support.processes import Gunicorn, RedisServer, base_env
-
-PASSWORD = "correct horse battery"
 
 
 @pytest.fixture

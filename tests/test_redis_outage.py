@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from tests.support.api import ApiClient
+from tests.support.api import PASSWORD, ApiClient
 from tests.support.processes import Gunicorn, RedisServer, base_env, wait_until
 
 
@@ -90,8 +90,8 @@ def hung(tmp_path):
 def test_a_hung_redis_costs_one_timeout_and_one_warning_per_request(hung):
     redis_server, server = hung
     client = ApiClient(server.url)
-    client.register("hung-user", "correct horse battery")
-    client.login("hung-user", "correct horse battery")
+    client.register("hung-user", PASSWORD)
+    client.login("hung-user", PASSWORD)
     cookies = {"session": client.sid}
     client.close()
     redis_server.process.send_signal(signal.SIGSTOP)

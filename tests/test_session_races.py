@@ -10,10 +10,9 @@ import time
 
 import requests
 
-from tests.support.api import new_username
+from tests.support.api import PASSWORD, new_username
 
 RUNS = 24
-PASSWORD = "correct horse battery"
 
 
 def in_background(function, *args):
