@@ -5,21 +5,40 @@ service.config: a bad value stops the start with one line naming it. Order
 matters here: this file runs in the master *before* the workers patch the
 standard library, so it imports nothing but the standard library and
 service.config / service.bootguard, which are import-light on purpose
-(python-dotenv and the limits parser, no client library). The app itself (wsgi:app) is imported in each worker after gevent patched it;
-keep preload_app off, or ssl and client libraries load unpatched (gunicorn
-#2796).
+(python-dotenv and the limits parser, no client library). The app itself
+(wsgi:app) is imported in each worker after gevent patched it; keep
+preload_app off, or ssl and client libraries load unpatched (gunicorn #2796).
+
+A reload (HUP) runs the code on disk: gunicorn executes this file again, and
+the master forgets the application's modules it imported (the settings, the
+boot guard, the worker class) before importing them again and before every
+fork, so no worker reuses an old version. What a HUP does not reload:
+deploy/README.md, "Deploying a new version".
 """
 
+import importlib
 import os
 import sys
 
-from service import bootguard
-from service.config import ConfigError, Settings, load_dotenv_file
+APP_PACKAGE = "service"
 
-load_dotenv_file()
+
+def forget_app_modules():
+    """Drop the application's modules from sys.modules (never libraries)."""
+    for name in [n for n in sys.modules if n.partition(".")[0] == APP_PACKAGE]:
+        del sys.modules[name]
+
+
+# gunicorn runs this file again on HUP, where `import` would return whatever
+# the master imported since its last fork (pre_fork forgets the rest).
+forget_app_modules()
+bootguard = importlib.import_module("service.bootguard")
+app_config = importlib.import_module("service.config")
+
+app_config.load_dotenv_file()
 try:
-    settings = Settings.from_env().require_valid()
-except ConfigError as exc:
+    settings = app_config.Settings.from_env().require_valid()
+except app_config.ConfigError as exc:
     sys.exit(str(exc))
 
 
@@ -77,6 +96,14 @@ def _is_gevent(worker):
         cls.__module__ == "gunicorn.workers.ggevent" and cls.__name__ == "GeventWorker"
         for cls in type(worker).__mro__
     )
+
+
+def pre_fork(server, worker):
+    # Runs in the master, the worker class loaded (gunicorn loads it after
+    # this file): forget it and the settings modules, so that every worker,
+    # also one replacing a crashed or recycled worker without a HUP, imports
+    # the whole app from disk, never half of it from the master's memory.
+    forget_app_modules()
 
 
 def post_fork(server, worker):

@@ -21,5 +21,6 @@ def test_gunicorn_unit_verifies_without_warnings(tmp_path):
     assert result.stdout + result.stderr == ""
     for setting in ("ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes",
                     "RuntimeDirectory=flask-service", "ExecReload=/bin/kill -s HUP $MAINPID",
-                    "ExecStartPre=/srv/flask-service/venv/bin/python -m service check --quiet"):
+                    "ExecStartPre=/srv/flask-service/venv/bin/python -m service check --quiet",
+                    "ExecReload=/srv/flask-service/venv/bin/python -m service check --quiet"):
         assert setting in text
