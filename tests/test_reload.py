@@ -11,14 +11,12 @@ import re
 import shutil
 import signal
 import socket
-import ssl
-import threading
 import time
 
 import pytest
 import requests
 
-from tests.support.nginx import _ResolvedHTTPS
+from tests.support.load import KeepAliveLoad
 from tests.support.processes import ROOT, base_env, wait_until
 
 HOST = "app.test"
@@ -118,39 +116,13 @@ def test_hup_serves_the_new_code_from_every_new_worker_without_failing_requests(
     status, _, _ = direct_get(gunicorn.socket_path, "/release")
     assert status == 404  # not there yet: the positive control
 
-    context = ssl.create_default_context(cafile=str(nginx.ca_file))
     served: list[tuple[int, str | None, bool]] = []  # (pid, X-Release, meta tag in the page)
-    failures: list[str] = []
-    stop = threading.Event()
 
-    def client():
-        # A browser-like client: one keep-alive HTTPS connection through
-        # nginx, reopened only when the server closes it.
-        conn = None
-        while not stop.is_set():
-            try:
-                conn = conn or _ResolvedHTTPS(HOST, nginx.https_port, timeout=10, context=context)
-                conn.request("GET", "/", headers={"Host": HOST})
-                response = conn.getresponse()
-                body = response.read()
-                if response.status != 200:
-                    failures.append(f"status {response.status}")
-                served.append((int(response.getheader("X-Worker-Pid")),
-                               response.getheader("X-Release"),
-                               b'<meta name="release" content="2">' in body))
-                if response.getheader("Connection", "").lower() == "close":
-                    conn.close()
-                    conn = None
-            except Exception as exc:  # noqa: BLE001 - every failure is counted
-                failures.append(repr(exc))
-                conn = None
-        if conn:
-            conn.close()
+    def record(response, body):
+        served.append((int(response.getheader("X-Worker-Pid")), response.getheader("X-Release"),
+                       b'<meta name="release" content="2">' in body))
 
-    threads = [threading.Thread(target=client) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    try:
+    with KeepAliveLoad(nginx, HOST, on_response=record) as load:
         time.sleep(1)
         release_2(app)  # the deploy: new code on disk ...
         gunicorn.process.send_signal(signal.SIGHUP)  # ... and the documented reload
@@ -158,15 +130,11 @@ def test_hup_serves_the_new_code_from_every_new_worker_without_failing_requests(
         wait_until(lambda: gunicorn.stderr().count("Worker exiting") >= 2, 20,
                    "old workers to exit")
         time.sleep(1)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(15)
 
     new_pids = set(booted_pids(gunicorn.stderr())) - old_pids
     assert len(new_pids) == 2
-    assert failures == []
-    assert len(served) > 100  # the load really ran across the reload
+    assert load.failures == []
+    assert load.ok > 100  # the load really ran across the reload
     assert {pid for pid, _, _ in served} <= old_pids | new_pids
     for pid, release, meta in served:
         # Old workers: the old code to the end; new ones: the release only.
