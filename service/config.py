@@ -1,8 +1,12 @@
 """Settings, read from the environment in one place.
 
-This module imports nothing beyond the standard library and python-dotenv, so
-``gunicorn.conf.py`` can use it in the master process before gevent patches
-anything.
+Every setting the kit reads is here, gunicorn's too: ``python -m service
+check``, ``gunicorn.conf.py`` and ``create_app`` run the same checks, and each
+bad value is one line naming the variable with an example.
+
+This module imports nothing beyond the standard library, python-dotenv and
+the limits parser (see ``_rate_limit``), so ``gunicorn.conf.py`` can use it in
+the master process before gevent patches anything.
 """
 
 from __future__ import annotations
@@ -39,8 +43,8 @@ PLACEHOLDER_SECRETS = frozenset(
         "super-secret",
     )
 )
-# Words that mark a value as a template wherever they appear in it; long
-# enough never to turn up in a random secret.
+# Words that mark a SECRET_KEY as a placeholder wherever they appear in it;
+# long enough never to turn up in a random secret.
 PLACEHOLDER_WORDS = ("changeme", "change-me", "change_me", "replace-me", "replace_me",
                      "replace-with", "your-secret", "you-will-never-guess")
 
@@ -66,11 +70,11 @@ def load_dotenv_file(path: str | os.PathLike | None = None) -> None:
 GENERATE_SECRET = 'python3 -c "import secrets; print(secrets.token_urlsafe(48))"'
 # What a value looks like when it was copied from documentation unfilled.
 TEMPLATE = re.compile(r"<[^<>]*>|\$\{[^}]*\}|\$\([^)]*\)|\.\.\.|\u2026")
-# Examples for variables whose default is no example.
-EXAMPLES = {
-    "SECRET_KEY": f"the output of {GENERATE_SECRET}",
-    "REDIS_URL": "redis://127.0.0.1:6379/0",
-    "ALLOWED_HOSTS": "example.com,www.example.com",
+# How to fix variables whose default is no example.
+HINTS = {
+    "SECRET_KEY": f"generate one with: {GENERATE_SECRET}",
+    "REDIS_URL": "e.g. REDIS_URL=redis://127.0.0.1:6379/0",
+    "ALLOWED_HOSTS": "e.g. ALLOWED_HOSTS=example.com,www.example.com",
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -85,9 +89,10 @@ class _Environ:
         self.bad_names: set[str] = set()
 
     def bad(self, name: str, problem: str, example=None) -> None:
-        example = EXAMPLES.get(name, example)
-        hint = f"; e.g. {name}={example}" if example not in (None, "", ()) else ""
-        self.problems.append(f"{problem}{hint}.")
+        hint = HINTS.get(name)
+        if hint is None and example not in (None, ""):
+            hint = f"e.g. {name}={example}"
+        self.problems.append(f"{problem}; {hint}." if hint else f"{problem}.")
         self.bad_names.add(name)
 
 
@@ -99,7 +104,8 @@ def _get(environ: _Environ, name: str, default: str | None = None, example=None)
     if TEMPLATE.search(value):
         # Never echo the value: it may be a secret.
         environ.bad(name, f"{name} is an unfilled template (it contains <...>, ${{...}}, "
-                          "$(...) or ...): replace the whole value", example or default)
+                          "$(...) or ...): replace the whole value",
+                    default if example is None else example)
         return default
     return value
 
