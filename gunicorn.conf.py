@@ -103,7 +103,9 @@ def pre_fork(server, worker):
     # this file): forget it and the settings modules, so that every worker,
     # also one replacing a crashed or recycled worker without a HUP, imports
     # the whole app from disk, never half of it from the master's memory.
-    forget_app_modules()
+    # (With preload_app the app object itself comes from the master: leave it.)
+    if not server.cfg.preload_app:
+        forget_app_modules()
 
 
 def post_fork(server, worker):
