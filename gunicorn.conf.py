@@ -13,7 +13,7 @@ A reload (HUP) runs the code on disk: gunicorn executes this file again, and
 the master forgets the application's modules it imported (the settings, the
 boot guard, the worker class) before importing them again and before every
 fork, so no worker reuses an old version. What a HUP does not reload:
-deploy/README.md, "Deploying a new version".
+deploy/README.md, "6. Deploying a new version without downtime".
 """
 
 import importlib
