@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 
 from greenlet import getcurrent
 
@@ -26,15 +27,23 @@ ROUTE_KEY = "service.route"
 running: dict = {}
 
 
+def _running() -> dict:
+    # The registry of the module as imported now: gunicorn's JSON formatter
+    # is made in the master, whose copy of this module gunicorn.conf.py forgets
+    # before each fork (the worker imports it afresh with the app).
+    module = sys.modules.get(__name__)
+    return module.running if module is not None else running
+
+
 def current_environ(greenlet=None) -> dict | None:
-    return running.get(greenlet or getcurrent())
+    return _running().get(greenlet or getcurrent())
 
 
 def _request_id(record) -> str | None:
     given = getattr(record, "request_id", None)
     if given:
         return given
-    environ = running.get(getcurrent())
+    environ = _running().get(getcurrent())
     return environ.get(REQUEST_ID_KEY) if environ else None
 
 
