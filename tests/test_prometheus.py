@@ -2,6 +2,8 @@
 and a real Prometheus (Debian's package) scraping the running kit (gunicorn
 with gevent workers and Redis) answers PromQL with plausible values."""
 
+import os
+import signal
 import subprocess
 import threading
 from pathlib import Path
@@ -154,3 +156,51 @@ def test_a_real_prometheus_sees_requests_latency_and_the_redis_pool(
     rules = [rule for group in groups for rule in group["rules"]]
     assert len(rules) == 11 and all(rule["health"] in ("ok", "unknown") for rule in rules), rules
     assert {rule["name"] for rule in rules if rule["state"] != "inactive"} == set()
+
+
+def test_scripts_stack_starts_prometheus_on_request(tmp_path):
+    for binary, package in (("nginx", "nginx"), ("redis-server", "redis-server"),
+                            ("prometheus", "prometheus"), ("curl", "curl")):
+        require_binary(binary, package)
+    https_port, prometheus_port, metrics_port = free_port(), free_port(), free_port()
+    env = {
+        "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8",
+        "STATE_DIR": str(tmp_path / "state"), "DOTENV_PATH": str(tmp_path / ".env"),
+        "STACK_HTTPS_PORT": str(https_port), "STACK_HTTP_PORT": str(free_port()),
+        "STACK_PROMETHEUS_PORT": str(prometheus_port),
+        "METRICS_BIND": f"127.0.0.1:{metrics_port}",
+    }
+    log = tmp_path / "stack.log"
+    script = ManagedProcess("scripts/stack", log)
+    stack = script.spawn([str(ROOT / "scripts" / "stack")], stdout=log, cwd=ROOT, env=env)
+    try:
+        wait_until(lambda: stack.poll() is None and "==> serving" in log.read_text(), 60,
+                   "scripts/stack to serve")
+        assert f"Prometheus on http://127.0.0.1:{prometheus_port}/" in log.read_text()
+        ca = tmp_path / "state" / "local-ca" / "ca.crt"
+        for _ in range(3):
+            subprocess.run(["curl", "-sS", "-o", "/dev/null", "--max-time", "10", "--cacert",
+                            str(ca), "--resolve", f"localhost:{https_port}:127.0.0.1",
+                            f"https://localhost:{https_port}/healthz"], check=True, timeout=20)
+        url = f"http://127.0.0.1:{prometheus_port}/api/v1/query"
+
+        def healthz_count():
+            result = requests.get(url, timeout=5, params={"query": 'sum(service_http_requests_total'
+                                  '{job="service",route="/healthz",status="200"})'}).json()
+            values = result["data"]["result"]
+            return values and float(values[0]["value"][1]) >= 3
+
+        wait_until(healthz_count, 30, "Prometheus to see the requests through nginx")
+        stack.send_signal(signal.SIGINT)
+        assert stack.wait(30) == 130
+
+        def group_gone():
+            try:
+                os.killpg(stack.pid, 0)
+            except ProcessLookupError:
+                return True
+            return False
+
+        wait_until(group_gone, 15, "the stack's processes (Prometheus, the exporter) to exit")
+    finally:
+        script.stop(30)
