@@ -175,6 +175,27 @@ def test_recycled_workers_leave_their_counts_but_not_their_gauges(
     assert directory.exists()  # a directory given is kept, only its files are per run
 
 
+def test_a_reload_keeps_the_counts_and_the_exporter(redis_server, make_gunicorn):
+    port, env = metered_env(redis_server, WEB_CONCURRENCY=2)
+    server = make_gunicorn(env).start()
+    mine = {"route": "/test/client", "method": "GET", "status": "200"}
+    for _ in range(3):
+        assert requests.get(server.url + "/test/client", timeout=5).status_code == 200
+    before = scrape_until(port, lambda s: value(s, "service_http_requests_total", **mine) == 3)
+    old_pids = {labels["pid"] for labels in series(before, "service_http_requests_in_flight")}
+    server.reload()  # SIGHUP: new workers, the same master, exporter and directory
+    assert requests.get(server.url + "/test/client", timeout=5).status_code == 200
+
+    def after_reload(samples):
+        pids = {labels["pid"] for labels in series(samples, "service_http_requests_in_flight")}
+        return (value(samples, "service_http_requests_total", **mine) == 4
+                and len(pids) == 2 and not pids & old_pids
+                and value(samples, "service_worker_starts_total") == 4)
+
+    samples = scrape_until(port, after_reload, timeout=10)
+    assert value(samples, "service_worker_exits_total", reason="shutdown") == 2
+
+
 def test_a_fresh_temp_directory_per_run_removed_at_exit(redis_server, make_gunicorn):
     before = set(Path(tempfile.gettempdir()).glob("service-metrics-*"))
     port, env = metered_env(redis_server)
