@@ -10,7 +10,12 @@ wrk loads /healthz (no Redis: the per-request overhead at its largest
 relative share) and /readyz (a Redis PING through an instrumented pool).
 The figure is the worker's CPU time (utime + stime from /proc) divided by the
 requests wrk completed, so a busy machine changes throughput but much less
-the CPU each request costs. See bench/README.md.
+the CPU each request costs. On a shared machine it still varies by tens of
+percent from one run to the next, so the script also times the instrumentation
+itself (what RequestLog and the Redis pool call per request, in a process set
+up as a gunicorn worker is: multiprocess files, prometheus_client imported
+before gevent patches, then patched), and gives it as a share of the
+worker's CPU per request measured here. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -73,6 +79,46 @@ def measure(binary, redis, directory: Path, name: str, args) -> dict[str, float]
             gunicorn.stop()
 
 
+# Run in a fresh interpreter, set up as a gunicorn worker with metrics on.
+MICRO = """
+import os, sys, time, timeit
+import prometheus_client.multiprocess  # imported by the master, as gunicorn.conf.py does
+from gevent import monkey
+monkey.patch_all()
+sys.path.insert(0, sys.argv[1])
+from service import metrics
+request = metrics.RequestMetrics()
+environ = {"service.route": "/healthz", "REQUEST_METHOD": "GET"}
+import queue
+pool = metrics.timed_queue_class("main", 50)(50)
+plain = queue.LifoQueue(50)  # redis-py's own queue class, for the difference
+for _ in range(50):
+    pool.put(None)
+    plain.put(None)
+def one_request():
+    request.started()
+    request.finished(environ, "200", 0.001)
+def one_redis_command():
+    pool.put(pool.get(True, 5))
+def one_plain_command():
+    plain.put(plain.get(True, 5))
+n = 50000
+for name, fn in (("request", one_request), ("redis", one_redis_command),
+                 ("plain", one_plain_command)):
+    best = min(timeit.repeat(fn, number=n, repeat=5)) / n * 1e6
+    print(name, f"{best:.2f}")
+"""
+
+
+def instrumentation_cost() -> dict[str, float]:
+    """µs per request (middleware) and per Redis command (pool) of metrics."""
+    with tempfile.TemporaryDirectory(prefix="bench-metrics-mp-") as directory:
+        env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=directory)
+        out = subprocess.run([sys.executable, "-c", MICRO, str(BENCH.parent)], env=env,
+                             check=True, capture_output=True, text=True, timeout=300).stdout
+    return {name: float(value) for name, value in (line.split() for line in out.splitlines())}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -106,6 +152,17 @@ def main() -> int:
         for name in SETUPS:
             value = statistics.median(results[(name, path)])
             print(f"  {path:9} {name:20} {value:7.1f} µs  {(value / base - 1) * 100:+6.1f} %")
+    cost = instrumentation_cost()
+    print("\nthe instrumentation itself (best of 5 x 50000 calls):")
+    print(f"  per request (RequestLog: in flight, counter, histogram): {cost['request']:.2f} µs")
+    redis = max(0.0, cost["redis"] - cost["plain"])
+    print(f"  per Redis command (pool peak, wait when exhausted):      {redis:.2f} µs "
+          f"({cost['redis']:.2f} against {cost['plain']:.2f} for redis-py's own queue)")
+    for path, commands in (("/healthz", 0), ("/readyz", 1)):
+        base = min(results[("metrics off", path)])
+        added = cost["request"] + commands * redis
+        print(f"  {path:9} {added:5.1f} µs = {added / base * 100:.1f} % of the least worker CPU "
+              f"per request measured with metrics off ({base:.0f} µs)")
     return 0
 
 

@@ -15,7 +15,9 @@ never the raw path; unmatched paths share one label value.
 from __future__ import annotations
 
 import queue
+import threading
 import time
+import weakref
 
 from flask import request
 from prometheus_client import Counter, Gauge, Histogram
@@ -33,7 +35,8 @@ http_duration = Histogram(
     "Time from the request reaching the app to its response closed, by route template.",
     ["route"], buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
 http_in_flight = Gauge(
-    "service_http_requests_in_flight", "Requests being served, per worker process.",
+    "service_http_requests_in_flight",
+    "Most requests served at once in the last second, per worker process.",
     multiprocess_mode="liveall")
 
 worker_starts = Counter("service_worker_starts", "Worker processes that booted.")
@@ -42,13 +45,15 @@ worker_exits = Counter(
     "Worker processes that exited cleanly: recycled (max_requests) or shut down.", ["reason"])
 
 redis_pool_in_use = Gauge(
-    "service_redis_pool_connections_in_use", "Connections taken from the pool, per worker.",
+    "service_redis_pool_connections_in_use",
+    "Most connections taken from the pool at once in the last second, per worker.",
     ["pool"], multiprocess_mode="liveall")
 redis_pool_max = Gauge(
     "service_redis_pool_max_connections", "Size of the pool, per worker.",
     ["pool"], multiprocess_mode="liveall")
 redis_pool_wait = Histogram(
-    "service_redis_pool_wait_seconds", "Time spent waiting for a free pool connection.",
+    "service_redis_pool_wait_seconds",
+    "Waits for a free pool connection (commands that found the pool exhausted).",
     ["pool"], buckets=(.0001, .001, .01, .05, .1, .5, 1, 2.5, 5))
 redis_pool_timeouts = Counter(
     "service_redis_pool_timeouts", "Waits for a free pool connection that timed out.", ["pool"])
@@ -78,20 +83,23 @@ def session_event(event: str, count: int = 1) -> None:
 class RequestMetrics:
     """Per-request counters and timings, told by middleware.RequestLog.
 
-    Labelled children are cached: a request costs a dict lookup and four
-    increments (measured in bench/metrics.py).
+    Labelled children are cached, and requests in flight are an int whose
+    peak is published once a second: a request costs a dict lookup and three
+    writes to the metric files (bench/metrics.py measures it).
     """
 
     def __init__(self):
         self._counters: dict = {}
         self._histograms: dict = {}
-        self._in_flight = http_in_flight
+        self.in_flight = 0
+        self._peak = Peak(http_in_flight, lambda: self.in_flight)
 
     def started(self) -> None:
-        self._in_flight.inc()
+        self.in_flight += 1
+        self._peak.see(self.in_flight)
 
     def finished(self, environ, status: str, seconds: float) -> None:
-        self._in_flight.dec()
+        self.in_flight -= 1
         route = environ.get(ROUTE_KEY) or UNMATCHED
         method = environ.get("REQUEST_METHOD", "")
         key = (route, method, status)
@@ -106,8 +114,48 @@ class RequestMetrics:
         histogram.observe(seconds)
 
 
+class Peak:
+    """The most of something at once, kept in an int and published to a gauge
+    once a second (PUBLISH_SECONDS): a gauge written on every change would
+    cost a file write each time. ``now`` gives the current value, where the
+    next second's peak starts from."""
+
+    def __init__(self, gauge, now):
+        self.gauge = gauge
+        self.now = now
+        self.value = 0
+        _peaks.append(weakref.ref(self))
+        if not _publisher:
+            _publisher.append(threading.Thread(target=_publish_peaks, name="metrics-peaks",
+                                               daemon=True))
+            _publisher[0].start()
+
+    def see(self, value: int) -> None:
+        self.value = max(self.value, value)
+
+    def publish(self) -> None:
+        self.gauge.set(self.value)
+        self.value = self.now()
+
+
+PUBLISH_SECONDS = 1.0
+_peaks: list = []  # weak references to every Peak
+_publisher: list = []  # the publishing thread (a greenlet under gevent), once started
+
+
+def _publish_peaks() -> None:
+    while True:
+        time.sleep(PUBLISH_SECONDS)
+        for ref in list(_peaks):
+            peak = ref()
+            if peak is None:  # its pool was reset or dropped
+                _peaks.remove(ref)
+            else:
+                peak.publish()
+
+
 def record_route() -> None:
-    """before_request: note the URL rule for the request metrics."""
+    """before_request: note the URL rule (metrics label, watchdog line)."""
     rule = request.url_rule
     if rule is not None:
         request.environ[ROUTE_KEY] = rule.rule
@@ -115,40 +163,44 @@ def record_route() -> None:
 
 def timed_queue_class(pool_name: str, max_connections: int):
     """A queue class for redis-py's BlockingConnectionPool (``queue_class``)
-    that reports connections in use and the wait for a free one.
+    that reports connections in use and waits for a free one.
 
     The pool keeps one slot per connection in this queue (None: not yet
-    made), so in use = size - queued."""
-    in_use = redis_pool_in_use.labels(pool_name)
+    made), so in use = size - queued. Kept cheap, since it runs for every
+    Redis command: only a get that finds the queue empty is timed, and the
+    most connections in use at once is a Peak, published once a second."""
     wait = redis_pool_wait.labels(pool_name)
     timeouts = redis_pool_timeouts.labels(pool_name)
+    in_use = redis_pool_in_use.labels(pool_name)
     redis_pool_max.labels(pool_name).set(max_connections)
 
     class TimedLifoQueue(queue.LifoQueue):
-        def get(self, block=True, timeout=None):
-            started = time.perf_counter()
-            try:
-                item = super().get(block, timeout)
-            except queue.Empty:
-                timeouts.inc()
-                raise
-            finally:
-                wait.observe(time.perf_counter() - started)
-            in_use.set(self.maxsize - self.qsize())
-            return item
+        def __init__(self, maxsize=0):
+            super().__init__(maxsize)
+            self.peak = Peak(in_use, lambda: self.maxsize - len(self.queue))
 
-        def put(self, item, block=True, timeout=None):
-            super().put(item, block, timeout)
-            in_use.set(self.maxsize - self.qsize())
+        def get(self, block=True, timeout=None):
+            if self.queue:  # a connection (or a slot for one) is free
+                item = super().get(block, timeout)
+            else:
+                started = time.perf_counter()
+                try:
+                    item = super().get(block, timeout)
+                except queue.Empty:
+                    timeouts.inc()
+                    raise
+                finally:
+                    wait.observe(time.perf_counter() - started)
+            self.peak.see(self.maxsize - len(self.queue))
+            return item
 
     return TimedLifoQueue
 
 
 def init_app(app, settings) -> RequestMetrics | None:
     """Per-request metrics when METRICS_BIND is set; the event counters
-    (sessions, logins, ...) always count (a few µs, in memory when unserved)."""
-    if not settings.metrics_bind:
-        return None
+    (sessions, logins, ...) always count (a few µs, in memory when unserved).
+    The route is always noted: the watchdog's log line names it too."""
     # Registered before the other extensions' hooks, which may answer first.
     app.before_request(record_route)
-    return RequestMetrics()
+    return RequestMetrics() if settings.metrics_bind else None

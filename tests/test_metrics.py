@@ -3,6 +3,7 @@ added up across workers, labelled by route template; dead workers' gauges go."""
 
 import secrets
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -95,9 +96,41 @@ def test_requests_are_counted_by_route_template_on_the_metrics_bind_only(
     assert len(pids) == 2
     for pid in pids:
         assert value(samples, "service_redis_pool_max_connections", pid=pid, pool="main") == 50
-    # Registration and the CSRF fetch went through the main pool.
-    assert value(samples, "service_redis_pool_wait_seconds_count", pool="main") > 0
+    # Registration and login went through the main pool without waiting.
+    assert value(samples, "service_redis_pool_wait_seconds_count", pool="main") == 0
     assert value(samples, "service_redis_pool_timeouts_total", pool="main") == 0
+
+
+def test_an_exhausted_redis_pool_shows_in_use_waits_and_timeouts(redis_server, make_gunicorn):
+    port, env = metered_env(redis_server, REDIS_MAX_CONNECTIONS=2, REDIS_POOL_TIMEOUT=0.8)
+    server = make_gunicorn(env).start()
+
+    def hold_three(seconds):
+        """Three requests at once, each holding a connection (BLPOP) for seconds."""
+        statuses = []
+        threads = [threading.Thread(target=lambda: statuses.append(requests.get(
+            f"{server.url}/test/wait?seconds={seconds}", timeout=10).status_code))
+            for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        return sorted(statuses)
+
+    # The third waits 0.5 s for a free connection, within REDIS_POOL_TIMEOUT.
+    assert hold_three(0.5) == [200, 200, 200]
+    samples = scrape_until(port, lambda s: value(
+        s, "service_redis_pool_wait_seconds_count", pool="main") == 1)
+    assert 0.3 < value(samples, "service_redis_pool_wait_seconds_sum", pool="main") < 0.8
+    pid = series(samples, "service_redis_pool_connections_in_use")[0]["pid"]
+    # The most in use at once, published each second: both connections.
+    scrape_until(port, lambda s: value(
+        s, "service_redis_pool_connections_in_use", pid=pid, pool="main") == 2)
+    # Now the third waits longer than REDIS_POOL_TIMEOUT: 503, counted twice.
+    assert hold_three(1.5) == [200, 200, 503]
+    samples = scrape_until(port, lambda s: value(
+        s, "service_redis_pool_timeouts_total", pool="main") == 1)
+    assert value(samples, "service_redis_errors_total", error="ConnectionError") == 1
 
 
 def test_session_login_csrf_and_rate_limit_events_are_counted(

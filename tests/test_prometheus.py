@@ -2,7 +2,6 @@
 and a real Prometheus (Debian's package) scraping the running kit (gunicorn
 with gevent workers and Redis) answers PromQL with plausible values."""
 
-import os
 import signal
 import subprocess
 import threading
@@ -16,7 +15,9 @@ from tests.support.processes import (
     ManagedProcess,
     base_env,
     free_port,
+    group_gone,
     require_binary,
+    start_stack,
     wait_until,
 )
 
@@ -163,20 +164,12 @@ def test_scripts_stack_starts_prometheus_on_request(tmp_path):
                             ("prometheus", "prometheus"), ("curl", "curl")):
         require_binary(binary, package)
     https_port, prometheus_port, metrics_port = free_port(), free_port(), free_port()
-    env = {
-        "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8",
-        "STATE_DIR": str(tmp_path / "state"), "DOTENV_PATH": str(tmp_path / ".env"),
-        "STACK_HTTPS_PORT": str(https_port), "STACK_HTTP_PORT": str(free_port()),
-        "STACK_PROMETHEUS_PORT": str(prometheus_port),
-        "METRICS_BIND": f"127.0.0.1:{metrics_port}",
-    }
-    log = tmp_path / "stack.log"
-    script = ManagedProcess("scripts/stack", log)
-    stack = script.spawn([str(ROOT / "scripts" / "stack")], stdout=log, cwd=ROOT, env=env)
+    script = start_stack(tmp_path, STACK_HTTPS_PORT=https_port, STACK_HTTP_PORT=free_port(),
+                         STACK_PROMETHEUS_PORT=prometheus_port,
+                         METRICS_BIND=f"127.0.0.1:{metrics_port}")
+    stack = script.process
     try:
-        wait_until(lambda: stack.poll() is None and "==> serving" in log.read_text(), 60,
-                   "scripts/stack to serve")
-        assert f"Prometheus on http://127.0.0.1:{prometheus_port}/" in log.read_text()
+        assert f"Prometheus on http://127.0.0.1:{prometheus_port}/" in script.log()
         ca = tmp_path / "state" / "local-ca" / "ca.crt"
         for _ in range(3):
             subprocess.run(["curl", "-sS", "-o", "/dev/null", "--max-time", "10", "--cacert",
@@ -194,13 +187,6 @@ def test_scripts_stack_starts_prometheus_on_request(tmp_path):
         stack.send_signal(signal.SIGINT)
         assert stack.wait(30) == 130
 
-        def group_gone():
-            try:
-                os.killpg(stack.pid, 0)
-            except ProcessLookupError:
-                return True
-            return False
-
-        wait_until(group_gone, 15, "the stack's processes (Prometheus, the exporter) to exit")
+        wait_until(lambda: group_gone(stack.pid), 15, "the stack's processes (Prometheus, the exporter) to exit")
     finally:
         script.stop(30)
