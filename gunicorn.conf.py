@@ -115,7 +115,10 @@ else:
 # a directory given, each run gets a fresh one under the temp dir. The master
 # starts service/metrics_exporter.py to serve them (metrics_* hooks below).
 METRICS_TEMP_PREFIX = "service-metrics-"
-if settings.metrics_bind:
+if not settings.metrics_bind:
+    # Off: workers keep their (unserved) counts in memory, never in files.
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+else:
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=METRICS_TEMP_PREFIX)
     # Imported here, before fork and patching, on purpose: its value locks are

@@ -14,10 +14,17 @@ never the raw path; unmatched paths share one label value.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
 import weakref
+
+# prometheus_client goes multiprocess when the variable merely exists, and
+# an empty one (a .env line left blank) would put its files in the working
+# directory: empty means unset.
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR", None) == "":
+    del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 from flask import request
 from prometheus_client import Counter, Gauge, Histogram

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import ConfigError, Settings
 from tests.support.api import PASSWORD, ApiClient, new_username
-from tests.support.processes import base_env, free_port, wait_until
+from tests.support.processes import ROOT, base_env, free_port, wait_until
 
 
 def scrape(port: int) -> dict:
@@ -238,6 +238,18 @@ def test_a_fresh_temp_directory_per_run_removed_at_exit(redis_server, make_gunic
     assert len(made) == 1 and list(next(iter(made)).glob("*.db"))
     server.stop()
     assert not next(iter(made)).exists()
+
+
+def test_metrics_off_writes_no_files_even_with_an_empty_directory_variable(
+        redis_server, make_gunicorn):
+    # A blank PROMETHEUS_MULTIPROC_DIR= line (a copied .env) must not turn on
+    # prometheus_client's file mode, which would write into the working directory.
+    before = set(ROOT.glob("*.db"))
+    server = make_gunicorn(base_env(redis_server.url, PROMETHEUS_MULTIPROC_DIR="")).start()
+    for _ in range(3):
+        assert requests.get(server.url + "/test/client", timeout=5).status_code == 200
+    server.stop()
+    assert set(ROOT.glob("*.db")) == before
 
 
 @pytest.mark.parametrize("bind, allowed", [
