@@ -33,6 +33,7 @@ class Watchdog:
         # every threshold while the block lasts; one line per episode.
         self.blocking = None
         self.wakeup = hub.loop.async_()
+        self.wakeup.ref = False  # never what keeps a worker's loop running
         self.wakeup.start(self.flush)
 
     def on_event(self, event) -> None:
