@@ -75,3 +75,21 @@ def test_json_logs_are_one_object_per_line_gunicorn_included(redis_server, make_
     assert [m for m in messages if m.startswith("Booting worker with pid")]
     assert [m for m in messages if m.startswith("Shutting down")]
     assert [m for m in messages if re.match(r"Listening at: http://127\.0\.0\.1:\d+", m)]
+
+
+def test_behind_nginx_the_500_page_and_the_log_line_share_nginx_request_id(nginx_front):
+    nginx, gunicorn = nginx_front()
+    response = nginx.request("GET", "/test/boom", headers={"Accept": "application/json"})
+    assert response.status == 500
+    request_id = response.header("X-Request-ID")
+    assert json.loads(response.body)["request_id"] == request_id
+    # nginx made the id and passed it on as a trusted proxy: its access log
+    # and the app's exception line carry the id the user sees.
+    wait_until(lambda: request_id in nginx.access_log(), 5, "nginx's access line")
+
+    def exception_entry():
+        entries = [json.loads(line) for line in gunicorn.stdout().splitlines()]
+        return [e for e in entries if e.get("request_id") == request_id and "exception" in e]
+
+    entry = wait_until(exception_entry, 5, "the exception's line with nginx's request id")[0]
+    assert "RuntimeError: boom" in entry["exception"]
