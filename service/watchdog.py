@@ -48,10 +48,10 @@ class Watchdog:
         self.blocking = event.greenlet
         environ = logformat.current_environ(event.greenlet)
         if environ is None:
-            route, request_id = "-", "-"  # not a request: a greenlet of its own
+            route, request_id = None, None  # a greenlet outside any request
         else:
             route = environ.get(logformat.ROUTE_KEY) or metrics.UNMATCHED
-            request_id = environ.get(logformat.REQUEST_ID_KEY) or "-"
+            request_id = environ.get(logformat.REQUEST_ID_KEY)
         self.reports.append([route, request_id, _stack(event.info), 1])
         self.wakeup.send()
 
@@ -60,11 +60,11 @@ class Watchdog:
         while self.reports:
             route, request_id, stack, periods = self.reports.popleft()
             metrics.hub_blocked.inc()
+            where = f"route {route} (request {request_id})" if route else "no request"
             log.warning(
-                "gevent hub blocked for more than %.1fs by route %s (request %s); "
-                "everything else on this worker waited",
-                self.threshold * periods, route, request_id,
-                extra={"request_id": None if request_id == "-" else request_id, "stack": stack},
+                "gevent hub blocked for more than %.1fs by %s; everything else on this "
+                "worker waited", self.threshold * periods, where,
+                extra={"request_id": request_id, "stack": stack},
             )
 
 
@@ -95,8 +95,14 @@ def init_app(app, settings) -> None:
     hub = gevent.get_hub()
     watchdog = Watchdog(hub, settings.blocked_hub_threshold)
     subscribers.append(watchdog.on_event)
-    with warnings.catch_warnings():
-        # The memory monitor (off: max_memory_usage) would ask for psutil.
-        warnings.filterwarnings("ignore", message="Unable to monitor memory usage")
-        hub.start_periodic_monitoring_thread()
     app.extensions["watchdog"] = watchdog
+
+    def start_monitoring():
+        with warnings.catch_warnings():
+            # The memory monitor (off: max_memory_usage) would ask for psutil.
+            warnings.filterwarnings("ignore", message="Unable to monitor memory usage")
+            hub.start_periodic_monitoring_thread()
+
+    # Once the worker's loop runs: the rest of its boot (gunicorn's hooks,
+    # the boot guard's scan of every module) is no request's business.
+    hub.loop.run_callback(start_monitoring)

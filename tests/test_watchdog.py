@@ -19,7 +19,7 @@ def test_a_view_burning_cpu_is_logged_with_route_request_id_stack_and_counted(
         redis_server, make_gunicorn):
     port = free_port()
     env = base_env(redis_server.url, METRICS_BIND=f"127.0.0.1:{port}",
-                   BLOCKED_HUB_THRESHOLD="0.1")
+                   BLOCKED_HUB_THRESHOLD="0.2")
     server = make_gunicorn(env).start()
     # Positive control first: a view that waits 0.5 s on Redis yields the hub.
     assert requests.get(server.url + "/test/wait?seconds=0.5", timeout=5).status_code == 200
@@ -27,14 +27,21 @@ def test_a_view_burning_cpu_is_logged_with_route_request_id_stack_and_counted(
     assert burned.status_code == 200
     request_id = burned.headers["X-Request-ID"]
 
-    lines = wait_until(lambda: watchdog_lines(server), 5, "the watchdog's line")
+    def mine():
+        return [e for e in watchdog_lines(server) if e.get("request_id") == request_id]
+
+    lines = wait_until(mine, 5, "the watchdog's line")
     assert len(lines) == 1, lines  # one line per episode, not one per check
     line = lines[0]
     assert line["level"] == "WARNING" and line["request_id"] == request_id
     assert "by route /test/burn" in line["message"] and request_id in line["message"]
     assert "in burn" in line["stack"] and "testapp.py" in line["stack"]
-    samples = scrape_until(port, lambda s: value(s, "service_hub_blocked_total") == 1)
-    assert value(samples, "service_hub_blocked_total") == 1
+    # On a busy machine the OS may also stall the whole worker past the
+    # threshold now and then (logged without a route): count lines, not 1.
+    samples = scrape_until(port, lambda s: value(s, "service_hub_blocked_total")
+                           == len(watchdog_lines(server)))
+    assert value(samples, "service_hub_blocked_total") >= 1
+    assert not [e for e in watchdog_lines(server) if "/test/wait" in e["message"]]
 
 
 def test_on_by_default_in_production_only():
