@@ -120,7 +120,10 @@ if not settings.metrics_bind:
     os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 else:
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=METRICS_TEMP_PREFIX)
+        # On tmpfs when there is one, like worker_tmp_dir: the files are
+        # memory-mapped and written constantly; a disk would write them back.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+            prefix=METRICS_TEMP_PREFIX, dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     # Imported here, before fork and patching, on purpose: its value locks are
     # then plain thread locks, which cost a third of gevent's per increment
     # (bench/metrics.py). Safe: no greenlet switch can happen while one is held
@@ -193,7 +196,7 @@ def metrics_on_exit(server):
         except subprocess.TimeoutExpired:
             exporter.kill()
     directory = metrics_dir()
-    if directory and directory.name.startswith(METRICS_TEMP_PREFIX):
+    if directory and directory.name.startswith(METRICS_TEMP_PREFIX):  # made above
         for item in directory.glob("*.db"):
             item.unlink()
         directory.rmdir()
