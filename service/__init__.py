@@ -30,6 +30,9 @@ def create_app(settings: Settings | None = None):
         SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=settings.max_content_length,
         TRUSTED_HOSTS=list(settings.allowed_hosts) or None,
+        # Development: an edited template is served at once (scripts/run
+        # reloads the workers for Python modules: service/devreload.py).
+        TEMPLATES_AUTO_RELOAD=settings.env == "development",
     )
     app.extensions["settings"] = settings
 
