@@ -21,11 +21,13 @@ def create_app(settings: Settings | None = None):
     settings.require_valid()
     _check_rate_limits(settings)
 
+    from flask import Flask
+
     from . import errors, extensions, middleware, redis_client, security, sessions
     from .accounts import AccountStore, index_session
 
     middleware.configure_logging(settings)
-    app = errors.Flask(__name__)
+    app = Flask(__name__)
     app.config.update(
         SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=settings.max_content_length,
