@@ -23,7 +23,7 @@ def create_app(settings: Settings | None = None):
 
     from flask import Flask
 
-    from . import errors, extensions, middleware, redis_client, security, sessions
+    from . import cli, errors, extensions, middleware, redis_client, security, sessions
     from .accounts import AccountStore, index_session
 
     middleware.configure_logging(settings)
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None):
     extensions.limiter.init_app(app)
     security.init_app(app)
     errors.init_app(app)
+    cli.init_app(app)
 
     from .api import bp as api_bp
     from .health import bp as health_bp
