@@ -35,7 +35,6 @@ def init_kit(app, settings: Settings | None = None):
         load_dotenv_file()
         settings = Settings.from_env()
     settings.require_valid()
-    _check_rate_limits(settings)
 
     from flask import Blueprint
 
@@ -101,16 +100,3 @@ def register_blueprints(app) -> None:
     app.register_blueprint(health_bp)
     app.register_blueprint(pages_bp)
     app.register_blueprint(api_bp)
-
-
-def _check_rate_limits(settings: Settings) -> None:
-    from limits import parse_many
-
-    for name, value in (("AUTH_RATE_LIMIT", settings.auth_rate_limit),
-                        ("LOGIN_FAILURE_LIMIT", settings.login_failure_limit)):
-        try:
-            parse_many(value)
-        except ValueError:
-            raise ConfigError(
-                f"{name}={value!r} is not a rate limit; write e.g. '20 per minute'."
-            ) from None
