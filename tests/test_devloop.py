@@ -1,7 +1,8 @@
 """The developer's loop on scripts/run: with APP_ENV=development an edited
 file is served within seconds by fresh gevent workers (a graceful HUP,
 service/devreload.py); a file that does not compile keeps the last good code
-serving; in production nothing watches the files."""
+serving; in production nothing watches the files. scripts/run and
+scripts/stack share one Redis and its data."""
 
 from __future__ import annotations
 
@@ -11,8 +12,15 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.support.api import PASSWORD, ApiClient, new_username
 from tests.support.processes import wait_until
-from tests.support.scripts import RunCommand, command_line, copy_tracked_files, descendants
+from tests.support.scripts import (
+    RunCommand,
+    StackCommand,
+    command_line,
+    copy_tracked_files,
+    descendants,
+)
 
 # What the developer sees: an edit is served within this many seconds.
 SERVED_WITHIN = 3.0
@@ -105,3 +113,47 @@ def test_nothing_watches_the_files_in_production(run_in_copy):
     assert len(descendants(run.process.pid)) >= 3  # redis-server, gunicorn master, a worker
     assert watchers(run) == []
     assert "reload" not in run.log()
+
+
+def test_scripts_run_and_stack_share_one_redis_and_its_data(tmp_path):
+    repo = tmp_path / "clone"
+    copy_tracked_files(repo)
+    clients = []
+
+    def client(server) -> ApiClient:
+        if isinstance(server, StackCommand):
+            clients.append(ApiClient(server.url, cookie_name="__Host-session"))
+            clients[-1].http.verify = str(server.ca_file)
+            clients[-1].http.trust_env = False  # REQUESTS_CA_BUNDLE would win over verify
+        else:
+            clients.append(ApiClient(server.url))
+        return clients[-1]
+
+    first, second = new_username("run"), new_username("stack")
+    run = RunCommand(repo, tmp_path / "run.log").start()
+    stack = StackCommand(repo, tmp_path / "stack.log")
+    try:
+        assert client(run).register(first, PASSWORD).status_code == 201
+        # Both at once: the stack shares the Redis scripts/run started.
+        stack.start()
+        assert "sharing the private Redis at unix://" in stack.log()
+        assert client(stack).login(first, PASSWORD).status_code == 200
+        assert client(stack).register(second, PASSWORD).status_code == 201
+        assert stack.stop() == 143
+        assert client(run).login(second, PASSWORD).status_code == 200  # its Redis lives on
+    finally:
+        stack.stop()
+        run.stop()
+    assert not run.redis_socket.exists()
+
+    # One after the other: the stack starts the Redis itself, on the same data.
+    stack = StackCommand(repo, tmp_path / "stack-again.log")
+    try:
+        stack.start()
+        assert "private Redis at unix://" in stack.log()
+        for name in (first, second):
+            assert client(stack).login(name, PASSWORD).status_code == 200
+    finally:
+        stack.stop()
+        for each in clients:
+            each.close()

@@ -97,3 +97,34 @@ class RunCommand(ManagedProcess):
     @property
     def redis_socket(self) -> Path:
         return self.repo / ".state" / "redis" / "redis.sock"
+
+
+class StackCommand(ManagedProcess):
+    """scripts/stack in `repo` (nginx with TLS in front), on free ports."""
+
+    def __init__(self, repo: Path, log: Path, **env):
+        for binary, package in (("nginx", "nginx"), ("redis-server", "redis-server"),
+                                ("openssl", "openssl"), ("curl", "curl")):
+            require_binary(binary, package)
+        self.repo = repo
+        self.https_port, self.http_port = free_port(), free_port()
+        self.env = script_env(repo.parent, STACK_HTTPS_PORT=self.https_port,
+                              STACK_HTTP_PORT=self.http_port, **env)
+        super().__init__("scripts/stack", log)
+
+    @property
+    def url(self) -> str:
+        return f"https://localhost:{self.https_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.repo / ".state" / "local-ca" / "ca.crt"
+
+    def start(self, timeout: float = 90) -> StackCommand:
+        self.spawn([str(self.repo / "scripts" / "stack")], stdout=self.log_path, cwd=self.repo,
+                   env=self.env)
+        self.wait_ready(lambda: "==> serving" in self.log(), timeout, "scripts/stack to serve")
+        return self
+
+    def stop(self, timeout: float = 30) -> int | None:
+        return super().stop(timeout)
