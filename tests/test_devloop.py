@@ -71,7 +71,9 @@ def watchers(run: RunCommand) -> list[int]:
 
 
 def test_an_edited_view_and_create_app_are_served_within_3_s(run_in_copy):
-    run = run_in_copy()
+    # One worker: once /readyz answers, no worker is still importing the app
+    # (one that did would serve an edit without any reload).
+    run = run_in_copy(WEB_CONCURRENCY=1)
     assert len(watchers(run)) == 1
     assert "development: the workers reload when a .py file changes" in run.log()
 
@@ -92,6 +94,14 @@ def test_an_edited_view_and_create_app_are_served_within_3_s(run_in_copy):
                                     lambda r: r.headers.get("X-Edited") == "factory")
     assert seconds < SERVED_WITHIN, run.log()
     assert failed == 0
+
+    # A template: re-read by the running workers, no reload needed.
+    reloads = run.log().count("reloading the workers")
+    edit(run.repo / "service" / "templates" / "index.html", "<h1>It works</h1>",
+         "<h1>It still works</h1>")
+    seconds, failed = seconds_until(run.url + "/", lambda r: "It still works" in r.text)
+    assert seconds < SERVED_WITHIN and failed == 0
+    assert run.log().count("reloading the workers") == reloads
 
     # A typo: reported, not reloaded; the last good code keeps serving.
     health = run.repo / "service" / "health" / "__init__.py"
