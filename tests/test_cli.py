@@ -148,16 +148,22 @@ def test_flask_cli_in_a_fresh_copy_after_scripts_run(tmp_path):
         assert created.returncode == 0, created.stderr
         assert name in flask(repo, "users", "list").stdout.splitlines()
         # The user the CLI made logs in on the server scripts/run serves.
-        browser = ApiClient(run.url)
-        assert browser.login(name, PASSWORD).status_code == 200
+        browsers = [ApiClient(run.url), ApiClient(run.url)]
+        for browser in browsers:
+            assert browser.login(name, PASSWORD).status_code == 200
         listed = flask(repo, "sessions", "list", name)
-        assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 1
+        assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 2
+        handle = listed.stdout.split("\t", 1)[0]
+        ended = flask(repo, "sessions", "end", name, handle)
+        assert ended.returncode == 0 and "ended 1 session" in ended.stdout
+        assert sorted(b.get("/api/me").status_code for b in browsers) == [200, 401]
         purged = flask(repo, "sessions", "purge-index")
         assert purged.returncode == 0 and purged.stdout.startswith("removed 0 ")
         ended = flask(repo, "sessions", "end", name, "--all")
         assert ended.returncode == 0 and "ended 1 session" in ended.stdout
-        assert browser.get("/api/me").status_code == 401
-        browser.close()
+        assert [b.get("/api/me").status_code for b in browsers] == [401, 401]
+        for browser in browsers:
+            browser.close()
 
         shell = flask(repo, "shell", input="print('ping', redis.ping())\n")
         assert "ping True" in shell.stdout, shell.stderr
