@@ -7,8 +7,8 @@ REDIS_URL is not set there, the app uses the private Redis that scripts/run
 and scripts/stack keep under ``.state/redis`` (STATE_DIR). Commands that need
 Redis while it is not running say in one line how to start it.
 
-The commands are registered by create_app (init_app), so they exist for
-every app the factory builds, ``wsgi:app`` included.
+create_app registers the commands (register_accounts calls init_app), so
+they exist for every app the factory builds, ``wsgi:app`` included.
 """
 
 from __future__ import annotations
