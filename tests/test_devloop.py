@@ -59,7 +59,7 @@ def seconds_until(url: str, served, limit: float = 15) -> tuple[float, int]:
             failed += 1
         else:
             failed += response.status_code >= 500
-            if served(response):
+            if response.ok and served(response):
                 return time.monotonic() - started, failed
         time.sleep(0.05)
     raise AssertionError(f"{url} did not serve the edit within {limit} s")
@@ -115,6 +115,18 @@ def test_an_edited_view_and_create_app_are_served_within_3_s(run_in_copy):
     # Fixed: served again.
     health.write_text(good.replace('"edited": "view"', '"edited": "fixed"'))
     seconds, _ = seconds_until(run.url + "/healthz", lambda r: r.json().get("edited") == "fixed")
+    assert seconds < SERVED_WITHIN, run.log()
+
+    # An error at import time: the new worker answers 500 and prints the
+    # traceback instead of failing to boot, which would stop scripts/run.
+    health.write_text(good + "\nundefined_name_at_import\n")
+    wait_until(lambda: requests.get(run.url + "/healthz", timeout=5).status_code == 500, 15,
+               "the worker that failed to load the app")
+    assert "The app failed to load" in requests.get(run.url + "/healthz", timeout=5).text
+    assert "NameError: name 'undefined_name_at_import' is not defined" in run.log()
+    assert run.process.poll() is None
+    health.write_text(good.replace('"edited": "view"', '"edited": "again"'))
+    seconds, _ = seconds_until(run.url + "/healthz", lambda r: r.json().get("edited") == "again")
     assert seconds < SERVED_WITHIN, run.log()
 
 
