@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import importlib.machinery
+import importlib.util
 import json
 import re
 import resource
@@ -18,9 +20,10 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 
-from tests.support.nginx import _ResolvedHTTPS
+from tests.support.nginx import RENDER, _ResolvedHTTPS
 from tests.support.processes import ROOT
 
 HOST = "app.test"
@@ -30,7 +33,7 @@ SLOW_SOCKETS = 1100
 
 def rendered(nginx, snippet: str, pattern: str) -> int:
     """A number from the configuration nginx runs (the renderer's defaults)."""
-    match = re.search(pattern, (nginx.conf_dir / snippet).read_text())
+    match = re.search(pattern, (nginx.conf_dir / snippet).read_text(), re.MULTILINE)
     assert match, f"{pattern!r} not in {snippet}"
     return int(match[1])
 
@@ -219,3 +222,110 @@ def test_http2_rapid_reset_burst_is_bounded_and_others_stay_fast(nginx_front):
     assert 0 < app_saw <= bound, (app_saw, bound)
     assert p99 < 100, sorted(during)[-5:]
     assert max(during) < 500, sorted(during)[-5:]  # before the limits: 0.8-3 s
+
+
+def test_a_heavy_client_that_waits_for_its_answers_is_slowed_never_refused(nginx_front):
+    """A load test or an office NAT: many requests at once from one address,
+    each client waiting for its answer. Over the rate it waits in nginx; it
+    gets no 429."""
+    nginx, _ = nginx_front(host=HOST)
+    app_rate = rendered(nginx, "site.conf", r"limit_req_zone .* zone=\w+_app:.* rate=(\d+)r/s;")
+    context = ssl.create_default_context(cafile=str(nginx.ca_file))
+    statuses: collections.Counter = collections.Counter()
+    seconds = 3.0
+
+    def client():
+        conn = _ResolvedHTTPS(HOST, nginx.https_port, timeout=10, context=context,
+                              source_address=("127.0.0.3", 0))
+        end = time.monotonic() + seconds
+        try:
+            while time.monotonic() < end:
+                conn.request("GET", "/healthz", headers={"Host": HOST})
+                response = conn.getresponse()
+                response.read()
+                statuses[response.status] += 1
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(24)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    elapsed = time.monotonic() - started
+    print(f"\nheavy client: {sum(statuses.values())} requests in {elapsed:.1f}s from 24 "
+          f"keep-alive connections: {dict(statuses)}")
+    assert set(statuses) == {200}, statuses
+    assert sum(statuses.values()) > 100  # it really ran
+    # Held to the rate (plus what passes at once, and the requests in flight).
+    assert sum(statuses.values()) <= app_rate * elapsed + 200
+
+
+# Debian's /etc/nginx/nginx.conf (nginx 1.22, bookworm), the parts that matter
+# here; the real one includes the system's sites instead of ours.
+DEBIAN_NGINX_CONF = """user www-data;
+worker_processes auto;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log;
+
+events {{
+\tworker_connections 768;
+\t# multi_accept on;
+}}
+
+http {{
+\tsendfile on;
+\ttcp_nopush on;
+\ttypes_hash_max_size 2048;
+\tinclude /etc/nginx/mime.types;
+\tdefault_type application/octet-stream;
+\tgzip on;
+\tinclude {site};
+}}
+"""
+# The edit deploy/README.md (section 5) tells operators to make, as sed -e expressions.
+README_EDIT = (
+    r"s|^\(\s*\)worker_connections .*;|\1include /etc/nginx/flask-service/snippets/events.conf;|",
+    r"s|^worker_processes .*;$|&\ninclude /etc/nginx/flask-service/snippets/main.conf;|",
+)
+
+
+def test_debian_nginx_conf_gets_the_rendered_capacity_with_the_guides_edit(nginx_front, tmp_path):
+    render = load_render()
+    nginx, _ = nginx_front(host=HOST)
+    guide = (ROOT / "deploy" / "README.md").read_text()
+    for expression in README_EDIT:
+        assert f"-e '{expression}'" in guide
+    conf = tmp_path / "debian-nginx.conf"
+    conf.write_text(DEBIAN_NGINX_CONF.format(prefix=nginx.prefix, site=nginx.conf_dir / "site.conf"))
+
+    def dump():
+        result = subprocess.run([nginx.binary, "-T", "-p", str(nginx.prefix), "-c", str(conf)],
+                                capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    # As Debian ships it: 768 connections, and the renderer's --system-check says so.
+    assert render.main_context_missing(dump(), nginx.conf_dir) == [
+        f"{nginx.conf_dir}/snippets/main.conf", f"{nginx.conf_dir}/snippets/events.conf"]
+    # After the guide's edit: the rendered values, accepted by nginx -t.
+    sed = ["sed", "-i"]
+    for expression in README_EDIT:
+        sed += ["-e", expression.replace("/etc/nginx/flask-service", str(nginx.conf_dir))]
+    subprocess.run([*sed, str(conf)], check=True)
+    edited = dump()
+    assert render.main_context_missing(edited, nginx.conf_dir) == []
+    assert not re.search(r"^\s*worker_connections 768;", edited, re.MULTILINE)
+    connections = rendered(nginx, "snippets/events.conf", r"^worker_connections (\d+);")
+    assert connections >= 4096
+    assert f"worker_rlimit_nofile {2 * connections + 1024};" in edited
+
+
+def load_render():
+    """deploy/nginx/render as a module (it is a script without .py)."""
+    loader = importlib.machinery.SourceFileLoader("deploy_nginx_render", str(RENDER))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
