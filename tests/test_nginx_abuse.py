@@ -22,9 +22,11 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
+from tests.support import h2frames
 from tests.support.nginx import RENDER, _ResolvedHTTPS
-from tests.support.processes import ROOT
+from tests.support.processes import ROOT, require_binary, wait_until
 
 HOST = "app.test"
 ATTACKER = "127.0.0.2"
@@ -260,6 +262,65 @@ def test_a_heavy_client_that_waits_for_its_answers_is_slowed_never_refused(nginx
     assert sum(statuses.values()) > 100  # it really ran
     # Held to the rate (plus what passes at once, and the requests in flight).
     assert sum(statuses.values()) <= app_rate * elapsed + 200
+
+
+def test_http2_streams_count_against_the_per_address_app_limit(nginx_front):
+    """Requests in progress at the app, per address, HTTP/2 streams included:
+    over the limit nginx answers 429 at once; gunicorn's listen queue holds
+    what nginx does pass (BACKLOG, capped by net.core.somaxconn)."""
+    nginx, gunicorn = nginx_front(host=HOST)
+    limit = rendered(nginx, "snippets/proxy.conf", r"^limit_conn \w+_app_addr (\d+);")
+    streams_per_connection = rendered(nginx, "snippets/limits.conf",
+                                      r"^http2_max_concurrent_streams (\d+);")
+    connections = limit // streams_per_connection + 1
+    source = "127.0.0.4"
+    context = ssl.create_default_context(cafile=str(nginx.ca_file))
+
+    # Backlog as the kernel applied it to gunicorn's socket (ss: Send-Q of a listener).
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    listing = subprocess.run([require_binary("ss", "iproute2"), "-xlnH"], capture_output=True,
+                             text=True, check=True).stdout
+    backlog = [line.split()[3] for line in listing.splitlines()
+               if line.split()[4:5] == [gunicorn.socket_path]]
+    assert backlog == [str(min(int(gunicorn.env.get("BACKLOG", 2048)), somaxconn))], listing
+
+    sent = connections * streams_per_connection
+
+    def statuses():
+        entries = [json.loads(line) for line in nginx.access_log().splitlines() if line]
+        return collections.Counter(e["status"] for e in entries
+                                   if e["remote_addr"] == source and "/test/wait" in e["request"])
+
+    sockets = []
+    try:
+        for _ in range(connections):
+            tls = h2frames.connect(nginx.https_port, HOST, context, source=source)
+            sockets.append(tls)
+            data = b""
+            for stream in range(1, 2 * streams_per_connection, 2):
+                block = h2frames.header_block((":method", "GET"), (":scheme", "https"),
+                                              (":path", "/test/wait?seconds=1.5"),
+                                              (":authority", HOST))
+                data += h2frames.frame(h2frames.HEADERS,
+                                       h2frames.END_HEADERS | h2frames.END_STREAM, stream, block)
+            tls.sendall(data)
+        time.sleep(0.9)  # every stream has been admitted or refused; the first still wait
+        # Meanwhile: one more request from that address is refused at once,
+        # one from anyone else is served.
+        refused = nginx.request("GET", "/test/wait?seconds=0", source=source)
+        other = nginx.request("GET", "/healthz")
+        # The admitted ones finish (connections open: no stream is cancelled).
+        wait_until(lambda: sum(statuses().values()) >= sent + 1, 20, "every stream answered")
+    finally:
+        for tls in sockets:
+            tls.close()
+    print(f"\n{sent} streams on {connections} connections from one address: {dict(statuses())}")
+    assert statuses()[200] == limit
+    assert statuses()[429] == sent + 1 - limit
+    assert refused.status == 429
+    assert refused.header("Retry-After") == "1"
+    assert b'id="nginx-error"' in refused.body
+    assert other.status == 200
 
 
 # Debian's /etc/nginx/nginx.conf (nginx 1.22, bookworm), the parts that matter
