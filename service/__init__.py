@@ -23,7 +23,7 @@ def create_app(settings: Settings | None = None):
 
     from flask import Flask
 
-    from . import errors, extensions, middleware, redis_client, security, sessions
+    from . import errors, extensions, middleware, ratelimit, redis_client, security, sessions
     from .accounts import AccountStore, index_session
 
     middleware.configure_logging(settings)
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None):
     sessions.init_app(app, client, settings)
     app.extensions["accounts"] = AccountStore(client)
     app.session_interface.on_new_id.append(index_session)
+    app.session_interface.before_anonymous_record.append(ratelimit.anonymous_session_per_ip)
     app.config.update(
         # The token is bound to the session's secret, which ends with the
         # session; the Referer check is off because the token, SameSite and
@@ -74,7 +75,8 @@ def _check_rate_limits(settings: Settings) -> None:
     from limits import parse_many
 
     for name, value in (("AUTH_RATE_LIMIT", settings.auth_rate_limit),
-                        ("LOGIN_FAILURE_LIMIT", settings.login_failure_limit)):
+                        ("LOGIN_FAILURE_LIMIT", settings.login_failure_limit),
+                        ("ANONYMOUS_SESSION_LIMIT", settings.anonymous_session_limit)):
         try:
             parse_many(value)
         except ValueError:
