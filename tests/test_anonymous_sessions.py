@@ -2,6 +2,7 @@
 nothing else stored lives in a signed cookie (service/presessions.py), and new
 session records of visitors who are not logged in are limited per address."""
 
+import json
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -219,3 +220,31 @@ def test_storing_more_than_a_csrf_secret_makes_a_record_that_keeps_it(api, redis
     assert client.http.get(client.base + "/test/session", timeout=5).json()["cart"] == [1, 2]
     # The token handed out before the record existed still works.
     assert client.post("/api/auth/logout", headers={"X-CSRF-Token": token}).status_code == 204
+
+
+def test_through_nginx_a_cookieless_flood_adds_no_key_and_the_token_works(
+        nginx_front, redis_server):
+    """The production shape: nginx (TLS, the production render), gunicorn
+    with APP_ENV=production, the __Host- cookie."""
+    nginx, _ = nginx_front()
+    with redis_server.client() as db:
+        keys_before = db.dbsize()
+        urls = [nginx.url(path) for path in ("/api/csrf", "/login", "/register") * 300]
+        each = [arg for url in urls for arg in ("-o", "/dev/null", url)]  # one connection
+        flood = nginx.curl("-s", "-w", "%{http_code}\\n", *each, timeout=120)
+        keys_after = db.dbsize()
+    statuses = flood.stdout.split()
+    assert len(statuses) == len(urls) and statuses[0] == "200", flood.stderr
+    assert set(statuses) <= {"200", "429"}  # (nginx's own per-address limits may answer)
+    assert keys_after <= keys_before  # (keys of other tests may expire meanwhile)
+
+    token = nginx.request("GET", "/api/csrf")
+    cookie = token.header("Set-Cookie")
+    assert cookie.startswith("__Host-session=")
+    for attribute in ("Secure", "HttpOnly", "Path=/", "SameSite=Lax"):
+        assert attribute in cookie
+    sent = {"Cookie": cookie.split(";")[0],
+            "X-CSRF-Token": json.loads(token.body)["csrf_token"]}
+    assert nginx.request("POST", "/api/auth/logout", headers=sent).status == 204
+    forged = dict(sent, Cookie="__Host-session=" + PreSessions("x" * 48, 60, 60).issue().cookie)
+    assert nginx.request("POST", "/api/auth/logout", headers=forged).status == 403
