@@ -248,3 +248,19 @@ def test_through_nginx_a_cookieless_flood_adds_no_key_and_the_token_works(
     assert nginx.request("POST", "/api/auth/logout", headers=sent).status == 204
     forged = dict(sent, Cookie="__Host-session=" + PreSessions("x" * 48, 60, 60).issue().cookie)
     assert nginx.request("POST", "/api/auth/logout", headers=forged).status == 403
+
+
+def test_a_pre_session_ends_at_its_absolute_timeout_however_renewed():
+    key = "k" * 48
+    pre_sessions = PreSessions(key, idle_timeout=2, absolute_timeout=3)
+    first = pre_sessions.issue()
+    time.sleep(1.1)  # past half the idle timeout
+    renewed = pre_sessions.renewed(pre_sessions.open(first.cookie))
+    assert renewed is not None and renewed.cookie != first.cookie
+    assert pre_sessions.csrf_secret(renewed) == pre_sessions.csrf_secret(first)  # same tokens
+    assert pre_sessions.open(renewed.cookie) is not None
+    time.sleep(2.1)  # 3.2 s since it was issued
+    # Judged with a long idle timeout, so only the absolute one can end it:
+    # renewal keeps the issue time, a client cannot sign its way past it.
+    assert PreSessions(key, 60, 3).open(renewed.cookie) is None
+    assert PreSessions(key, 60, 60).open(renewed.cookie) is not None
