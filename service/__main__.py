@@ -53,7 +53,7 @@ def redis_memory_problems(settings: Settings) -> list[str]:
         with redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1,
                                   socket_timeout=1, decode_responses=True) as client:
             config = client.config_get("maxmemory*")
-    except redis.RedisError as exc:
+    except (redis.RedisError, ValueError) as exc:  # ValueError: a URL redis-py cannot open
         print(f"note: could not check Redis' maxmemory-policy ({type(exc).__name__}: {exc}); "
               f"it must be {SAFE_EVICTION_POLICY} (deploy/README.md, 2. Redis).", file=sys.stderr)
         return []
