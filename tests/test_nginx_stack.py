@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import stat
 import subprocess
 
-from tests.support.processes import free_port, group_gone, require_binary, start_stack, wait_until
+from tests.support.processes import ROOT, ManagedProcess, free_port, require_binary, wait_until
 
 
 def test_stack_serves_https_h2_redirects_http_and_stops_on_ctrl_c(tmp_path):
@@ -15,9 +16,17 @@ def test_stack_serves_https_h2_redirects_http_and_stops_on_ctrl_c(tmp_path):
         require_binary(binary, package)
     https_port, http_port = free_port(), free_port()
     state = tmp_path / "state"
-    script = start_stack(tmp_path, STACK_HTTPS_PORT=https_port, STACK_HTTP_PORT=http_port)
-    stack, log = script.process, script.log_path
+    env = {
+        "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8",
+        "STATE_DIR": str(state), "DOTENV_PATH": str(tmp_path / ".env"),
+        "STACK_HTTPS_PORT": str(https_port), "STACK_HTTP_PORT": str(http_port),
+    }
+    log = tmp_path / "stack.log"
+    script = ManagedProcess("scripts/stack", log)
+    stack = script.spawn([str(ROOT / "scripts" / "stack")], stdout=log, cwd=ROOT, env=env)
     try:
+        wait_until(lambda: stack.poll() is None and "==> serving" in log.read_text(), 60,
+                   "scripts/stack to serve")
         # Peers on gunicorn's socket are trusted for X-Forwarded-For: only this
         # user (nginx's here) may reach it, through a 0700 directory.
         socket_path = state / "stack" / "gunicorn.sock"
@@ -50,7 +59,14 @@ def test_stack_serves_https_h2_redirects_http_and_stops_on_ctrl_c(tmp_path):
         stack.send_signal(signal.SIGINT)
         assert stack.wait(30) == 130
         # Nothing it started is left: its process group is empty.
-        wait_until(lambda: group_gone(stack.pid), 15, "the stack's processes to exit")
+        def group_gone():
+            try:
+                os.killpg(stack.pid, 0)
+            except ProcessLookupError:
+                return True
+            return False
+
+        wait_until(group_gone, 15, "the stack's processes to exit")
     finally:
         # After a failure: TERM, so its trap stops the children it started in
         # sessions of their own (SIGKILL would leave them running).

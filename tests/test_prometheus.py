@@ -17,9 +17,9 @@ from tests.support.processes import (
     free_port,
     group_gone,
     require_binary,
-    start_stack,
     wait_until,
 )
+from tests.support.scripts import StackCommand
 
 RULES = ROOT / "deploy" / "prometheus"
 
@@ -160,21 +160,19 @@ def test_a_real_prometheus_sees_requests_latency_and_the_redis_pool(
 
 
 def test_scripts_stack_starts_prometheus_on_request(tmp_path):
-    for binary, package in (("nginx", "nginx"), ("redis-server", "redis-server"),
-                            ("prometheus", "prometheus"), ("curl", "curl")):
-        require_binary(binary, package)
-    https_port, prometheus_port, metrics_port = free_port(), free_port(), free_port()
-    script = start_stack(tmp_path, STACK_HTTPS_PORT=https_port, STACK_HTTP_PORT=free_port(),
-                         STACK_PROMETHEUS_PORT=prometheus_port,
-                         METRICS_BIND=f"127.0.0.1:{metrics_port}")
-    stack = script.process
+    require_binary("prometheus", "prometheus")  # StackCommand requires the others
+    prometheus_port, metrics_port = free_port(), free_port()
+    script = StackCommand(ROOT, tmp_path / "stack.log", STATE_DIR=tmp_path / "state",
+                          DOTENV_PATH=tmp_path / ".env", STACK_PROMETHEUS_PORT=prometheus_port,
+                          METRICS_BIND=f"127.0.0.1:{metrics_port}")
     try:
+        stack = script.start().process
         assert f"Prometheus on http://127.0.0.1:{prometheus_port}/" in script.log()
         ca = tmp_path / "state" / "local-ca" / "ca.crt"
         for _ in range(3):
             subprocess.run(["curl", "-sS", "-o", "/dev/null", "--max-time", "10", "--cacert",
-                            str(ca), "--resolve", f"localhost:{https_port}:127.0.0.1",
-                            f"https://localhost:{https_port}/healthz"], check=True, timeout=20)
+                            str(ca), "--resolve", f"localhost:{script.https_port}:127.0.0.1",
+                            script.url + "/healthz"], check=True, timeout=20)
         url = f"http://127.0.0.1:{prometheus_port}/api/v1/query"
 
         def healthz_count():
@@ -187,6 +185,7 @@ def test_scripts_stack_starts_prometheus_on_request(tmp_path):
         stack.send_signal(signal.SIGINT)
         assert stack.wait(30) == 130
 
-        wait_until(lambda: group_gone(stack.pid), 15, "the stack's processes (Prometheus, the exporter) to exit")
+        wait_until(lambda: group_gone(stack.pid), 15,
+                   "the stack's processes (Prometheus, the exporter) to exit")
     finally:
         script.stop(30)

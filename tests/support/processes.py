@@ -258,24 +258,3 @@ class Gunicorn(ManagedProcess):
 
     def stderr(self) -> str:
         return read_log(self.stderr_path)
-
-
-def start_stack(tmp_path: Path, **settings) -> ManagedProcess:
-    """scripts/stack with its state in tmp_path/state, once it serves; settings
-    are more environment variables (STACK_HTTPS_PORT, ...). The caller stops
-    it (``stop(30)``: TERM, so its trap stops the children it started)."""
-    env = {
-        "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8",
-        "STATE_DIR": str(tmp_path / "state"), "DOTENV_PATH": str(tmp_path / ".env"),
-        **{name: str(value) for name, value in settings.items()},
-    }
-    script = ManagedProcess("scripts/stack", tmp_path / "stack.log")
-    stack = script.spawn([str(ROOT / "scripts" / "stack")], stdout=script.log_path, cwd=ROOT,
-                         env=env)
-    try:
-        wait_until(lambda: stack.poll() is None and "==> serving" in script.log(), 60,
-                   "scripts/stack to serve")
-    except BaseException:
-        script.stop(30)
-        raise
-    return script
