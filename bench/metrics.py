@@ -56,7 +56,7 @@ def worker_pids(master: int) -> list[int]:
             if b"metrics_exporter" not in Path(f"/proc/{p}/cmdline").read_bytes()]
 
 
-def measure(binary, redis, directory: Path, name: str, args) -> dict[str, float]:
+def measure(binary, redis, directory: Path, name: str, args, paths) -> dict[str, float]:
     overrides = {k: v.format(port=free_port()) for k, v in SETUPS[name].items()}
     env = base_env(redis.url, WEB_CONCURRENCY=1, LOG_LEVEL="WARNING", LOG_FORMAT="text",
                    MAX_REQUESTS=0, **overrides)
@@ -64,7 +64,7 @@ def measure(binary, redis, directory: Path, name: str, args) -> dict[str, float]
     try:
         workers = worker_pids(gunicorn.process.pid)
         result = {}
-        for path in PATHS:
+        for path in paths:
             url = gunicorn.url + path
             wrk(binary, url, args.connections, args.warmup, 1, 5)
             before = sum(cpu_seconds(p) for p in workers)
@@ -126,7 +126,15 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=1)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="1 round, 3 s per cell")
+    parser.add_argument("--setups", default=",".join(SETUPS),
+                        help="comma-separated, from: " + ", ".join(SETUPS))
+    parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated")
     args = parser.parse_args()
+    setups = [name for name in args.setups.split(",") if name]
+    paths = [path for path in args.paths.split(",") if path]
+    if "metrics off" not in setups or set(setups) - set(SETUPS) or set(paths) - set(PATHS):
+        parser.error(f"--setups must include 'metrics off' and name only {list(SETUPS)}; "
+                     f"--paths only {list(PATHS)}")
     if args.quick:
         args.rounds, args.duration = 1, 3
     binary = check_tools()
@@ -135,10 +143,10 @@ def main() -> int:
         redis = RedisServer(Path(tmp) / "redis").start()
         try:
             for rnd in range(args.rounds):
-                names = list(SETUPS) if rnd % 2 == 0 else list(reversed(SETUPS))
+                names = setups if rnd % 2 == 0 else list(reversed(setups))
                 for name in names:
                     got = measure(binary, redis, Path(tmp) / f"{rnd}-{name}".replace(" ", "_"),
-                                  name, args)
+                                  name, args, paths)
                     for path, value in got.items():
                         results.setdefault((name, path), []).append(value)
                     print(f"round {rnd + 1} {name}: "
@@ -147,9 +155,9 @@ def main() -> int:
             with shielded():
                 redis.stop()
     print("\nworker CPU per request, median of rounds (change against metrics off):")
-    for path in PATHS:
+    for path in paths:
         base = statistics.median(results[("metrics off", path)])
-        for name in SETUPS:
+        for name in setups:
             value = statistics.median(results[(name, path)])
             print(f"  {path:9} {name:20} {value:7.1f} µs  {(value / base - 1) * 100:+6.1f} %")
     cost = instrumentation_cost()
@@ -159,6 +167,8 @@ def main() -> int:
     print(f"  per Redis command (pool peak, wait when exhausted):      {redis:.2f} µs "
           f"({cost['redis']:.2f} against {cost['plain']:.2f} for redis-py's own queue)")
     for path, commands in (("/healthz", 0), ("/readyz", 1)):
+        if path not in paths:
+            continue
         base = min(results[("metrics off", path)])
         added = cost["request"] + commands * redis
         print(f"  {path:9} {added:5.1f} µs = {added / base * 100:.1f} % of the least worker CPU "
