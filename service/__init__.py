@@ -59,12 +59,14 @@ def create_app(settings: Settings | None = None):
     errors.init_app(app)
 
     from .api import bp as api_bp
+    from .events import bp as events_bp
     from .health import bp as health_bp
     from .pages import bp as pages_bp
 
     app.register_blueprint(health_bp)
     app.register_blueprint(pages_bp)
     app.register_blueprint(api_bp)
+    app.register_blueprint(events_bp)
 
     app.wsgi_app = middleware.wrap(app.wsgi_app, settings)
     return app

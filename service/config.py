@@ -119,6 +119,10 @@ class Settings:
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
     log_format: str = "text"
     log_level: str = "INFO"
+    events_ping_interval: int = 25
+    events_max_connections: int = 500
+    events_max_per_address: int = 50
+    events_max_per_session: int = 10
     problems: tuple[str, ...] = field(default=(), compare=False)
 
     @classmethod
@@ -165,6 +169,10 @@ class Settings:
             forwarded_allow_ips=_list(environ, "FORWARDED_ALLOW_IPS", ("127.0.0.1", "::1")),
             log_format=log_format,
             log_level=(_get(environ, "LOG_LEVEL", "INFO") or "INFO").upper(),
+            events_ping_interval=_number(environ, "EVENTS_PING_INTERVAL", 25, minimum=1),
+            events_max_connections=_number(environ, "EVENTS_MAX_CONNECTIONS", 500, minimum=1),
+            events_max_per_address=_number(environ, "EVENTS_MAX_PER_ADDRESS", 50, minimum=1),
+            events_max_per_session=_number(environ, "EVENTS_MAX_PER_SESSION", 10, minimum=1),
         )
         return replace(settings, problems=tuple(_find_problems(settings)))
 

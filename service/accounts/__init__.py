@@ -15,6 +15,7 @@ from functools import wraps
 
 from flask import current_app, g, request, session
 
+from ..events import publish
 from .passwords import hash_password, verify_password
 from .store import (
     AccountStore,
@@ -120,6 +121,7 @@ def end_session() -> None:
     _sessions().end(session)
     if uid and handle:
         accounts().remove_session(uid, handle)
+        publish("session_ended", uid, handles=[handle], reason="logout")
     g.user = None
 
 
@@ -129,6 +131,7 @@ def index_session(stored_session) -> None:
     if uid and handle:
         accounts().add_session(uid, handle, stored_session.sid,
                                current_app.extensions["settings"].session_absolute_timeout)
+        publish("sessions_changed", uid)  # the other sessions' pages list it
 
 
 def list_sessions(user: User) -> list[dict]:
@@ -162,15 +165,18 @@ def revoke_session(user: User, handle: str) -> bool:
         return False
     _records().delete(sid)
     accounts().remove_session(user.uid, handle)
+    publish("session_ended", user.uid, handles=[handle], reason="revoked")
     return True
 
 
-def revoke_other_sessions(user: User) -> int:
+def revoke_other_sessions(user: User, reason: str = "revoked") -> int:
     current = session.get("handle")
     others = {h: s for h, s in accounts().session_ids(user.uid).items() if h != current}
     for handle, sid in others.items():
         _records().delete(sid)
         accounts().remove_session(user.uid, handle)
+    if others:
+        publish("session_ended", user.uid, handles=list(others), reason=reason)
     return len(others)
 
 
@@ -182,7 +188,7 @@ def change_password(user: User, current_password, new_password) -> None:
     if not verify_password(user.password_hash, current_password):
         raise WrongPassword("current password is wrong")
     session["epoch"] = accounts().set_password(user.uid, hash_password(new_password))
-    revoke_other_sessions(user)
+    revoke_other_sessions(user, reason="password")
     # A new id for this session too; its CSRF secret carries over, so the
     # client's token keeps working (the API answers 204 with no new token),
     # and its absolute timeout still counts from login.
@@ -197,4 +203,5 @@ def delete_account(user: User, password) -> None:
     accounts().drop_index(user.uid)
     accounts().delete(user)
     _sessions().end(session)
+    publish("session_ended", user.uid, reason="deleted")  # every session
     g.user = None
