@@ -49,18 +49,23 @@ def publish(type_: str, uid: str, *, handles: list[str] | None = None,
 
 
 def same_origin(origin: str | None, settings: Settings) -> bool:
-    """The handshake's Origin is this service (scheme, host and port of the
-    request itself, with a host from ALLOWED_HOSTS)."""
+    """The handshake's Origin is one of this service's sites: the request's
+    scheme (https in production) and a host name from ALLOWED_HOSTS. Ports
+    are not compared: nginx passes Host without one ($host)."""
     if not origin:
         return False
-    parts = urlsplit(origin)
+    try:
+        parts = urlsplit(origin)
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        return False
     # Werkzeug names the scheme of a WebSocket handshake ws or wss.
     scheme = {"ws": "http", "wss": "https"}.get(request.scheme, request.scheme)
-    if parts.scheme != scheme or parts.path or not parts.hostname:
+    if (parts.scheme != scheme or not parts.hostname or parts.path or parts.query
+            or parts.username is not None):
         return False
-    if parts.netloc.lower() != request.host.lower():
-        return False
-    return host_is_trusted(parts.hostname, list(settings.allowed_hosts) or None)
+    allowed = list(settings.allowed_hosts) or [request.host.rsplit(":", 1)[0]]
+    return host_is_trusted(parts.hostname, allowed)
 
 
 class SwitchedProtocols(Response):
