@@ -11,6 +11,7 @@
   var MAX_DELAY = 30000;    // ms
   var failures = 0;
   var finished = false;
+  var socket = null;
 
   function socketUrl() {
     var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
@@ -69,7 +70,7 @@
       return;
     }
     var opened = false;
-    var socket = new WebSocket(socketUrl());
+    socket = new WebSocket(socketUrl());
     socket.addEventListener("open", function () {
       opened = true;
       failures = 0;
@@ -97,6 +98,24 @@
     });
   }
 
-  window.addEventListener("pagehide", function () { finished = true; });
+  function stop() {
+    finished = true;
+    if (socket) {
+      socket.close(1000);
+    }
+  }
+
+  // A form sent from this page (logout among them) navigates it: an event
+  // for this session arriving meanwhile must not navigate elsewhere and
+  // abort that response (with its deletion cookie).
+  document.addEventListener("submit", stop, true);
+  window.addEventListener("pagehide", stop);
+  window.addEventListener("pageshow", function (event) {
+    if (event.persisted) { // back from the back/forward cache
+      finished = false;
+      failures = 0;
+      connect();
+    }
+  });
   connect();
 })();
