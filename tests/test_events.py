@@ -118,7 +118,8 @@ def next_message(ws, timeout=2.0):
 def worker_of(server, ws):
     """pid of the gunicorn worker holding the server side of ws (from ss)."""
     port = ws.sock.getsockname()[1]
-    out = subprocess.run(["ss", "-Htnp", "state", "established", f"( dport = :{port} )"],
+    out = subprocess.run(["ss", "-Htnp", "state", "established",
+                          f"( sport = :{server.port} and dport = :{port} )"],
                          capture_output=True, text=True, check=True).stdout
     pids = set(re.findall(r"pid=(\d+)", out))
     assert len(pids) == 1, out
