@@ -24,8 +24,6 @@ import time
 import gevent
 from gunicorn.workers.ggevent import GeventWorker as _GeventWorker
 
-from service import shutdown
-
 SHUTDOWN_GRACE = 0.5
 
 
@@ -79,6 +77,11 @@ class GeventWorker(_GeventWorker):
     def _run_shutdown_callbacks(self):
         while self.alive:
             gevent.sleep(0.1)
+        # Imported now, not with this module: the master forgets the app's
+        # modules before it forks (gunicorn.conf.py), so the callbacks are in
+        # the copy the app imported in this worker.
+        from service import shutdown
+
         shutdown.run()
 
 
