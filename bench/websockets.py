@@ -24,6 +24,7 @@ import argparse
 import base64
 import json
 import os
+import queue
 import resource
 import select
 import socket
@@ -32,6 +33,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -127,25 +129,32 @@ def handshake(port: int, source: str, sid: str) -> tuple[socket.socket, bytes]:
     return sock, rest
 
 
-class Reader:
-    """All sockets in one epoll: answers pings, notes when text frames arrive."""
+class Reader(threading.Thread):
+    """All sockets in one epoll, in a thread of its own from the first
+    handshake on: answers pings, notes when text frames arrive."""
 
-    def __init__(self, sockets: list[tuple[socket.socket, bytes]]):
+    def __init__(self):
+        super().__init__(daemon=True)
         self.epoll = select.epoll()
-        self.socks = {}
-        self.buffers = {}
-        for sock, rest in sockets:
-            self.socks[sock.fileno()] = sock
-            self.buffers[sock.fileno()] = rest
-            self.epoll.register(sock.fileno(), select.EPOLLIN)
+        self.incoming: queue.SimpleQueue = queue.SimpleQueue()
+        self.socks: dict[int, socket.socket] = {}
+        self.buffers: dict[int, bytes] = {}
         self.arrivals: list[float] = []
         self.pings = 0
         self.closed = 0
+        self.stopping = threading.Event()
 
-    def poll(self, seconds: float) -> None:
-        deadline = time.perf_counter() + seconds
-        while (left := deadline - time.perf_counter()) > 0:
-            for fd, _ in self.epoll.poll(min(left, 0.5)):
+    def add(self, sock: socket.socket, rest: bytes) -> None:
+        self.incoming.put((sock, rest))
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            while not self.incoming.empty():
+                sock, rest = self.incoming.get()
+                self.socks[sock.fileno()] = sock
+                self.buffers[sock.fileno()] = rest
+                self.epoll.register(sock.fileno(), select.EPOLLIN)
+            for fd, _ in self.epoll.poll(0.05):
                 now = time.perf_counter()
                 try:
                     data = self.socks[fd].recv(65536)
@@ -188,6 +197,8 @@ class Reader:
         self.closed += 1
 
     def close(self) -> None:
+        self.stopping.set()
+        self.join(5)
         for sock in self.socks.values():
             sock.close()
         self.epoll.close()
@@ -238,16 +249,19 @@ def main(argv=None) -> int:
         idle = healthz(binary, gunicorn, args.healthz_seconds)
         before = {pid: rss_kib(pid) for pid in pids}
 
+        reader = Reader()
+        reader.start()
+
+        def open_one(i):
+            reader.add(*handshake(gunicorn.port, sources[i % len(sources)],
+                                  sids[i // PER_SESSION]))
+
         started = time.perf_counter()
         with ThreadPoolExecutor(args.parallel) as pool:
-            opened = list(pool.map(
-                lambda i: handshake(gunicorn.port, sources[i % len(sources)],
-                                    sids[i // PER_SESSION]),
-                range(args.sockets)))
+            list(pool.map(open_one, range(args.sockets)))
         connect_s = time.perf_counter() - started
         held_since = time.perf_counter()
-        reader = Reader(opened)
-        reader.poll(2)
+        time.sleep(2)
         after = {pid: rss_kib(pid) for pid in pids}
         per_worker = subprocess.run(
             ["ss", "-Htnp", "state", "established", f"( sport = :{gunicorn.port} )"],
@@ -264,17 +278,17 @@ def main(argv=None) -> int:
                 t0 = time.perf_counter()
                 r.publish(CHANNEL, json.dumps({"type": "sessions_changed", "uid": uid}))
                 while len(reader.arrivals) < len(reader.socks) and time.perf_counter() - t0 < 30:
-                    reader.poll(0.05)
+                    time.sleep(0.01)
                 got = [(t - t0) * 1000 for t in reader.arrivals]
                 deliveries += got
                 alls.append(max(got) if got else float("nan"))
                 print(f"broadcast: {len(got)}/{len(reader.socks)} in {alls[-1]:.0f} ms",
                       flush=True)
-                reader.poll(2)
+                time.sleep(2)
 
         remaining = args.hold - (time.perf_counter() - held_since)
         if remaining > 0:
-            reader.poll(remaining)
+            time.sleep(remaining)
         held = time.perf_counter() - held_since
         open_at_end = len(reader.socks)
 
