@@ -291,25 +291,29 @@ def test_events_cross_workers_with_one_redis_subscription_per_worker(
 def limited(redis_server, tmp_path_factory):
     """One worker with small limits and a 1 s ping interval."""
     server = Gunicorn(tmp_path_factory.mktemp("events-limited"), base_env(
-        redis_server.url, EVENTS_MAX_PER_SESSION=2, EVENTS_MAX_PER_ADDRESS=3,
-        EVENTS_PING_INTERVAL=1, **RELAXED)).start()
+        redis_server.url, EVENTS_MAX_CONNECTIONS=4, EVENTS_MAX_PER_SESSION=2,
+        EVENTS_MAX_PER_ADDRESS=3, EVENTS_PING_INTERVAL=1, **RELAXED)).start()
     yield server
     server.stop()
 
 
-def test_connection_limits_per_session_and_per_address(limited, clients):
-    first, second, third = user_sessions(limited, 3)
-    clients.extend((first, second, third))
+def test_connection_limits_per_session_address_and_worker(limited, clients):
+    first, second, third, fourth = user_sessions(limited, 4)
+    clients.extend((first, second, third, fourth))
     held = [connect(limited, first), connect(limited, first)]
     assert refusal(lambda: connect(limited, first)) == 429  # a third tab of one session
     held.append(connect(limited, second))
     assert refusal(lambda: connect(limited, third)) == 429  # a fourth from 127.0.0.1
     held.append(connect(limited, third, source="127.0.0.2"))  # another address is fine
+    # The worker holds EVENTS_MAX_CONNECTIONS sockets: nobody else gets one.
+    assert refusal(lambda: connect(limited, fourth, source="127.0.0.3")) == 503
     held.pop(0).close()
     # A closed socket frees its places.
     wait_until(lambda: connect(limited, first).close() is None, 5, "a free place again")
     for ws in held:
         ws.close()
+    wait_until(lambda: all(connect(limited, c).close() is None for c in (first, fourth)), 5,
+               "every place free again")
 
 
 def test_too_large_a_message_closes_with_1009(limited, clients):

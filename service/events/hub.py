@@ -3,7 +3,7 @@
 Every worker process subscribes once (one greenlet, one Redis connection) to
 the account-events channel and hands each message to the sockets it holds
 here; a socket never touches Redis pub/sub itself. The hub only queues on the
-sockets (WebSocket.send_json/close), so one slow socket cannot hold up the
+sockets (WebSocket.send_frame/close), so one slow socket cannot hold up the
 others. After every (re)subscription each socket re-checks its session: an
 event published while the subscription was down is not lost.
 
@@ -23,7 +23,7 @@ import gevent
 
 from .. import shutdown
 from . import CHANNEL
-from .socket import GOING_AWAY, SESSION_ENDED, WebSocket
+from .socket import GOING_AWAY, SESSION_ENDED, WebSocket, text_frame
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +94,15 @@ class Hub:
                 targets = list(self.by_user.get(uid, ()))
             else:
                 targets = [ws for h in handles for ws in self.by_session.get((uid, h), ())]
-            message = {"type": "session_ended", "reason": event.get("reason") or "ended"}
+            frame = text_frame({"type": "session_ended",
+                                "reason": str(event.get("reason") or "ended")})
             for ws in targets:
-                ws.send_json(message)
+                ws.send_frame(frame)
                 ws.close(SESSION_ENDED, "session ended")
         elif event.get("type") == "sessions_changed":
+            frame = text_frame({"type": "sessions_changed"})
             for ws in list(self.by_user.get(uid, ())):
-                ws.send_json({"type": "sessions_changed"})
+                ws.send_frame(frame)
 
     def _listen(self) -> None:
         client = self.client_factory()

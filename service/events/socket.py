@@ -43,6 +43,15 @@ MESSAGE_TOO_BIG = 1009
 SESSION_ENDED = 4001
 
 
+def text_frame(payload: dict) -> bytes:
+    """payload as one complete JSON text frame. A server's frames are not
+    masked, so one event's frame is the same bytes for every socket: a
+    broadcast encodes it once (a complete message leaves no state behind in
+    any socket's protocol object)."""
+    text = json.dumps(payload, separators=(",", ":"))
+    return Connection(ConnectionType.SERVER).send(TextMessage(data=text))
+
+
 class SlowReader(Exception):
     """The peer does not read what is sent to it."""
 
@@ -83,7 +92,11 @@ class WebSocket:
 
     # -- from any greenlet: queue only, never write, never block -------------
     def send_json(self, payload: dict) -> None:
-        self._put(("message", json.dumps(payload, separators=(",", ":"))))
+        self.send_frame(text_frame(payload))
+
+    def send_frame(self, frame: bytes) -> None:
+        """Queue a complete frame from text_frame()."""
+        self._put(("frame", frame))
 
     def close(self, code: int, reason: str = "") -> None:
         self._put(("close", code, reason))
@@ -128,8 +141,9 @@ class WebSocket:
             except Empty:
                 item = ("timer",)
             kind = item[0]
-            if kind == "message":
-                self._write(self.proto.send(TextMessage(data=item[1])))
+            if kind == "frame":
+                if self.proto.state is ConnectionState.OPEN:
+                    self._write(item[1])
             elif kind == "pong":
                 self._write(self.proto.send(Pong(payload=item[1])))
             elif kind in ("timer", "check"):
