@@ -11,7 +11,8 @@ sessions open --sockets WebSockets to /api/events (a lean client: raw sockets
 and epoll in one thread, answering the server's pings). Measured:
 - RSS of the two workers before and with every socket open, per socket;
 - time from one PUBLISH to its arrival on every socket (--broadcasts of them:
-  p50, p99, max over all deliveries), client's own reading included;
+  p50, p99, max over all deliveries), client's own reading included, and the
+  CPU time the workers and the client spent on each;
 - /healthz latency with wrk (10 connections, 1 thread) on the idle server and
   again while every socket is held;
 - sockets dropped during the hold (the server pings every 25 s; they answer).
@@ -82,6 +83,16 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def cpu_ms(pids: list[int]) -> float:
+    """User + system CPU time the processes have used so far, in ms."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total * 1000 / ticks
 
 
 def login_sessions(base: str, count: int) -> tuple[str, list[str]]:
@@ -271,18 +282,22 @@ def main(argv=None) -> int:
 
         loaded = healthz(binary, gunicorn, args.healthz_seconds)
 
-        deliveries, alls = [], []
+        deliveries, alls, server_cpu, client_cpu = [], [], [], []
         with redis.client() as r:
             for _ in range(args.broadcasts):
                 reader.arrivals.clear()
+                cpu0, client0 = cpu_ms(pids), time.process_time()
                 t0 = time.perf_counter()
                 r.publish(CHANNEL, json.dumps({"type": "sessions_changed", "uid": uid}))
                 while len(reader.arrivals) < len(reader.socks) and time.perf_counter() - t0 < 30:
                     time.sleep(0.01)
                 got = [(t - t0) * 1000 for t in reader.arrivals]
+                server_cpu.append(cpu_ms(pids) - cpu0)
+                client_cpu.append((time.process_time() - client0) * 1000)
                 deliveries += got
                 alls.append(max(got) if got else float("nan"))
-                print(f"broadcast: {len(got)}/{len(reader.socks)} in {alls[-1]:.0f} ms",
+                print(f"broadcast: {len(got)}/{len(reader.socks)} in {alls[-1]:.0f} ms; CPU: "
+                      f"workers {server_cpu[-1]:.0f} ms, client {client_cpu[-1]:.0f} ms",
                       flush=True)
                 time.sleep(2)
 
@@ -304,6 +319,9 @@ def main(argv=None) -> int:
             print(f"broadcast to all ({args.broadcasts}x): p50 {percentile(deliveries, .5):.0f} ms,"
                   f" p99 {percentile(deliveries, .99):.0f} ms, max {max(deliveries):.0f} ms; "
                   f"all delivered in {statistics.median(alls):.0f} ms (median of broadcasts)")
+            print(f"CPU per broadcast (median): workers {statistics.median(server_cpu):.0f} ms "
+                  f"({statistics.median(server_cpu) * 1000 / args.sockets:.0f} us per socket), "
+                  f"client {statistics.median(client_cpu):.0f} ms")
         for name, result in (("idle", idle), ("sockets held", loaded)):
             print(f"/healthz {name}: {result['rps']:.0f} req/s, p50 {result['p50']:.1f} ms, "
                   f"p99 {result['p99']:.1f} ms, max {result['max']:.1f} ms "

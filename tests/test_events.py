@@ -464,7 +464,7 @@ def front(redis_server, tmp_path_factory):
                   render_args=("--login-rate", "600r/m", "--login-burst", "100"))
     try:
         nginx.start()
-        yield nginx, cert
+        yield nginx, cert, gunicorn
     finally:
         nginx.stop()
         gunicorn.stop()
@@ -525,7 +525,7 @@ def connect_tls(nginx, cookie=None, origin=None):
 
 
 def test_socket_through_nginx_hears_events_and_refusals_are_the_apis_json(front):
-    nginx, _ = front
+    nginx = front[0]
     username = register(nginx)
     first, second = ThroughNginx(nginx).login(username), ThroughNginx(nginx)
     ws = connect_tls(nginx, first.cookie)
@@ -553,7 +553,7 @@ def test_socket_through_nginx_hears_events_and_refusals_are_the_apis_json(front)
 
 
 def test_nginx_socket_location_upgrades_http11_with_read_timeout_above_the_ping(tmp_path, front):
-    nginx, cert = front
+    nginx, cert = front[:2]
     conf = (nginx.conf_dir / "snippets" / "websocket.conf").read_text()
     assert "location = /api/events {" in (nginx.conf_dir / "site.conf").read_text()
     assert "proxy_http_version 1.1;" in conf
@@ -590,7 +590,7 @@ def spki_hash(cert_path):
 
 @pytest.fixture(scope="module")
 def chrome_via_nginx(front, tmp_path_factory):
-    _, cert = front
+    cert = front[1]
     profile = tmp_path_factory.mktemp("chromium-events")
     driver = start_chrome(profile, f"--host-resolver-rules=MAP {HOST} 127.0.0.1",
                           f"--ignore-certificate-errors-spki-list={spki_hash(cert[0])}")
@@ -604,7 +604,7 @@ def test_browser_sees_a_new_login_live_and_goes_to_login_when_revoked(front, chr
     from selenium.webdriver.support import expected_conditions as seen
     from selenium.webdriver.support.ui import WebDriverWait
 
-    nginx, _ = front
+    nginx = front[0]
     chrome = chrome_via_nginx
     username = register(nginx)
     chrome.get(nginx.url("/login"))
@@ -639,3 +639,31 @@ def test_browser_sees_a_new_login_live_and_goes_to_login_when_revoked(front, chr
     problems = [e["message"] for e in chrome.get_log("browser")
                 if e["level"] in ("SEVERE", "WARNING")]
     assert problems == []
+
+
+def test_browser_reconnects_after_a_reload(front, chrome_via_nginx):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as seen
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    nginx, _, gunicorn = front
+    chrome = chrome_via_nginx
+    username = register(nginx)
+    chrome.delete_all_cookies()
+    chrome.get(nginx.url("/login"))
+    chrome.find_element(By.ID, "username").send_keys(username)
+    chrome.find_element(By.ID, "password").send_keys(PASSWORD)
+    chrome.find_element(By.ID, "login").click()
+    WebDriverWait(chrome, 10).until(seen.url_contains("/account"))
+    chrome.get(nginx.url("/sessions"))
+    chrome.get_log("browser")  # drain
+    chrome.execute_script("window.notReloaded = true;")
+    time.sleep(0.5)
+
+    gunicorn.reload()  # the page's socket is closed with 1001 ...
+    time.sleep(1.5)  # ... and reopened after a jittered delay (at most 0.5 s the first time)
+    ThroughNginx(nginx).login(username)
+    WebDriverWait(chrome, 3).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#sessions tbody tr")) == 2)
+    assert chrome.execute_script("return window.notReloaded === true;")
+    assert [e["message"] for e in chrome.get_log("browser") if e["level"] == "SEVERE"] == []
