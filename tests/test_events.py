@@ -661,7 +661,7 @@ def test_browser_reconnects_after_a_reload(front, chrome_via_nginx):
     time.sleep(0.5)
 
     gunicorn.reload()  # the page's socket is closed with 1001 ...
-    time.sleep(1.5)  # ... and reopened after a jittered delay (at most 0.5 s the first time)
+    time.sleep(4)  # ... and reopened 1.5 to 3.5 s later (events.js: GOING_AWAY_DELAY + jitter)
     ThroughNginx(nginx).login(username)
     WebDriverWait(chrome, 3).until(
         lambda d: len(d.find_elements(By.CSS_SELECTOR, "#sessions tbody tr")) == 2)

@@ -7,11 +7,14 @@
   "use strict";
 
   var SESSION_ENDED = 4001; // the server's close code: do not reconnect
+  var GOING_AWAY = 1001;    // a worker shutting down (reload or restart)
+  var GOING_AWAY_DELAY = 1500; // ms: the old worker stops accepting within ~1 s
   var BASE_DELAY = 500;     // ms
   var MAX_DELAY = 30000;    // ms
   var failures = 0;
   var finished = false;
   var socket = null;
+  var everOpened = false;
 
   function socketUrl() {
     var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
@@ -58,11 +61,11 @@
     }
   }
 
-  function retry() {
-    // Full jitter: anywhere between 0 and the current cap.
+  function retry(floor) {
+    // Full jitter: anywhere between 0 and the current cap (after `floor`).
     var cap = Math.min(MAX_DELAY, BASE_DELAY * Math.pow(2, failures));
     failures += 1;
-    window.setTimeout(connect, Math.random() * cap);
+    window.setTimeout(connect, (floor || 0) + Math.random() * cap);
   }
 
   function connect() {
@@ -74,10 +77,21 @@
     socket.addEventListener("open", function () {
       opened = true;
       failures = 0;
+      if (everOpened) {
+        refreshSessions(); // catch up on what happened while disconnected
+      }
+      everOpened = true;
     });
     socket.addEventListener("message", onMessage);
     socket.addEventListener("close", function (event) {
       if (finished || event.code === SESSION_ENDED) {
+        return;
+      }
+      if (event.code === GOING_AWAY) {
+        // A reload: come back once the old worker has stopped accepting,
+        // spread over the 2 s after GOING_AWAY_DELAY (no herd).
+        failures = Math.max(failures, 2);
+        retry(GOING_AWAY_DELAY);
         return;
       }
       if (opened) {
