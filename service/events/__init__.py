@@ -26,6 +26,7 @@ import time
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, request, session
+from redis.exceptions import RedisError
 from werkzeug.sansio.utils import host_is_trusted
 
 from ..config import Settings
@@ -35,6 +36,8 @@ PATH = "/api/events"
 # A timer fires this long after the session's recorded expiry, so Redis has
 # surely expired the key by then.
 EXPIRY_MARGIN = 0.05
+# Seconds before a session check that found Redis away is tried again.
+REDIS_RETRY = 5.0
 
 bp = Blueprint("events", __name__)
 
@@ -129,17 +132,25 @@ def _session_timer(ws, uid: str, handle: str):
     accounts = current_app.extensions["accounts"]
     store = current_app.extensions["session_store"]
     client = current_app.extensions["redis"]
+    logger = current_app.logger
 
     def check() -> None:
-        sid = client.hget(accounts.index_key(uid), handle)
-        for _ in range(4):  # a rotation in flight: old id -> its successor
-            if sid is None:
-                break
-            ttl_ms = client.pttl(store.key(sid.decode()))
-            if ttl_ms > 0:
-                ws.deadline = time.monotonic() + ttl_ms / 1000 + EXPIRY_MARGIN
-                return
-            sid = client.get(store.successor_key(sid.decode()))
+        try:
+            sid = client.hget(accounts.index_key(uid), handle)
+            for _ in range(4):  # a rotation in flight: old id -> its successor
+                if sid is None:
+                    break
+                ttl_ms = client.pttl(store.key(sid.decode()))
+                if ttl_ms > 0:
+                    ws.deadline = time.monotonic() + ttl_ms / 1000 + EXPIRY_MARGIN
+                    return
+                sid = client.get(store.successor_key(sid.decode()))
+        except RedisError as exc:
+            # Redis away: keep the socket (a revocation needs Redis too) and
+            # look again shortly, rather than drop every socket at once.
+            logger.warning("live events: session check failed: %s", exc)
+            ws.deadline = time.monotonic() + REDIS_RETRY
+            return
         ws.send_json({"type": "session_ended", "reason": "expired"})
         ws.close(SESSION_ENDED, "session ended")
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import socket
 import time
 from collections.abc import Callable
@@ -50,6 +51,9 @@ def text_frame(payload: dict) -> bytes:
     any socket's protocol object)."""
     text = json.dumps(payload, separators=(",", ":"))
     return Connection(ConnectionType.SERVER).send(TextMessage(data=text))
+
+
+log = logging.getLogger(__name__)
 
 
 class SlowReader(Exception):
@@ -123,6 +127,10 @@ class WebSocket:
             self._loop()
         except (SlowReader, OSError, LocalProtocolError):
             pass
+        except Exception:
+            # Never let it reach Flask: an error page written after the 101
+            # would be garbage on this connection.
+            log.exception("live-event socket failed")
         finally:
             self.closed = True
             try:
