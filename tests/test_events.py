@@ -561,10 +561,13 @@ def test_nginx_socket_location_upgrades_http11_with_read_timeout_above_the_ping(
     assert 'proxy_set_header Connection "upgrade";' in conf
     assert "include" in conf and "headers-proxied.conf;" in conf
     assert "proxy_read_timeout 60s;" in conf  # default ping 25 s
+    # Open sockets have a per-address limit of their own, not the general one.
+    assert "limit_conn service_events_addr 50;" in conf
+    assert "limit_req zone=service_app " in conf
     # The renderer follows EVENTS_PING_INTERVAL from the env file.
     env_file = tmp_path / "service.env"
     env_file.write_text(f"ALLOWED_HOSTS={HOST}\nBIND=unix:/run/app/g.sock\n"
-                        "EVENTS_PING_INTERVAL=40\n")
+                        "EVENTS_PING_INTERVAL=40\nEVENTS_MAX_PER_ADDRESS=7\n")
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, str(RENDER), "--out", str(out), "--env-file", str(env_file),
@@ -573,6 +576,7 @@ def test_nginx_socket_location_upgrades_http11_with_read_timeout_above_the_ping(
     assert result.returncode == 0, result.stderr
     rendered = (out / "snippets" / "websocket.conf").read_text()
     assert "proxy_read_timeout 90s;" in rendered and "proxy_send_timeout 90s;" in rendered
+    assert "limit_conn service_events_addr 7;" in rendered
 
 
 # -- a browser through nginx ------------------------------------------------------------
