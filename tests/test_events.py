@@ -603,25 +603,36 @@ def chrome_via_nginx(front, tmp_path_factory):
     shutil.rmtree(profile, ignore_errors=True)
 
 
-def test_browser_sees_a_new_login_live_and_goes_to_login_when_revoked(front, chrome_via_nginx):
+def on_sessions_page(chrome, nginx):
+    """Log a new account in through the login form, open /sessions, mark
+    the page (a reload would lose the mark) and drain the console.
+    Returns the username."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as seen
     from selenium.webdriver.support.ui import WebDriverWait
 
-    nginx = front[0]
-    chrome = chrome_via_nginx
     username = register(nginx)
+    chrome.delete_all_cookies()
     chrome.get(nginx.url("/login"))
     chrome.find_element(By.ID, "username").send_keys(username)
     chrome.find_element(By.ID, "password").send_keys(PASSWORD)
     chrome.find_element(By.ID, "login").click()
     WebDriverWait(chrome, 10).until(seen.url_contains("/account"))
     chrome.get(nginx.url("/sessions"))
-    rows = chrome.find_elements(By.CSS_SELECTOR, "#sessions tbody tr")
-    assert len(rows) == 1
+    assert len(chrome.find_elements(By.CSS_SELECTOR, "#sessions tbody tr")) == 1
     chrome.get_log("browser")  # drain
     chrome.execute_script("window.notReloaded = true;")
     time.sleep(0.5)  # the page's socket is open
+    return username
+
+
+def test_browser_sees_a_new_login_live_and_goes_to_login_when_revoked(front, chrome_via_nginx):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    nginx = front[0]
+    chrome = chrome_via_nginx
+    username = on_sessions_page(chrome, nginx)
 
     # A second session of the same user appears on this page, without a reload.
     other = ThroughNginx(nginx).login(username)
@@ -647,22 +658,11 @@ def test_browser_sees_a_new_login_live_and_goes_to_login_when_revoked(front, chr
 
 def test_browser_reconnects_after_a_reload(front, chrome_via_nginx):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as seen
     from selenium.webdriver.support.ui import WebDriverWait
 
     nginx, _, gunicorn = front
     chrome = chrome_via_nginx
-    username = register(nginx)
-    chrome.delete_all_cookies()
-    chrome.get(nginx.url("/login"))
-    chrome.find_element(By.ID, "username").send_keys(username)
-    chrome.find_element(By.ID, "password").send_keys(PASSWORD)
-    chrome.find_element(By.ID, "login").click()
-    WebDriverWait(chrome, 10).until(seen.url_contains("/account"))
-    chrome.get(nginx.url("/sessions"))
-    chrome.get_log("browser")  # drain
-    chrome.execute_script("window.notReloaded = true;")
-    time.sleep(0.5)
+    username = on_sessions_page(chrome, nginx)
 
     gunicorn.reload()  # the page's socket is closed with 1001 ...
     time.sleep(4)  # ... and reopened 1.5 to 3.5 s later (events.js: GOING_AWAY_DELAY + jitter)
