@@ -21,7 +21,7 @@ def create_app(settings: Settings | None = None):
     settings.require_valid()
     _check_rate_limits(settings)
 
-    from . import errors, extensions, middleware, redis_client, security, sessions
+    from . import errors, extensions, middleware, redis_client, replication, security, sessions
     from .accounts import AccountStore, index_session
 
     middleware.configure_logging(settings)
@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None):
     sessions.init_app(app, client, settings)
     app.extensions["accounts"] = AccountStore(client)
     app.session_interface.on_new_id.append(index_session)
+    replication.init_app(app, settings)
     app.config.update(
         # The token is bound to the session's secret, which ends with the
         # session; the Referer check is off because the token, SameSite and
