@@ -28,6 +28,10 @@ def env(name, default):
 # -- Server socket
 bind = env("BIND", "127.0.0.1:8000").split(",")
 backlog = int(env("BACKLOG", 2048))
+# A unix socket is created with this umask (gunicorn's default, 0, makes it
+# srwxrwxrwx): owner and group only, since peers on it are trusted for
+# X-Forwarded-For. nginx gets in through the group (deploy/README.md).
+umask = 0o007
 
 # -- Workers
 # gevent: each worker serves many requests at once, one greenlet each, so

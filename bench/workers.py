@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.processes import Gunicorn, RedisServer, base_env  # noqa: E402
+from tests.support.processes import Gunicorn, RedisServer, base_env
 
 # Each worker may hold up to every /test/wait connection at once (accept is
 # not evenly shared), and each of those holds a Redis connection for its BLPOP:
@@ -81,18 +81,18 @@ def to_ms(text: str) -> float:
 
 def parse_wrk(output: str) -> dict:
     def number(pattern, default=None):
-        match = re.search(pattern, output, re.M)
+        match = re.search(pattern, output, re.MULTILINE)
         if match is None:
             if default is None:
                 raise ValueError(f"wrk output lacks {pattern!r}:\n{output}")
             return default
         return match.group(1)
 
-    latency = re.search(r"^\s+Latency\s+(\S+)\s+(\S+)\s+(\S+)", output, re.M)
+    latency = re.search(r"^\s+Latency\s+(\S+)\s+(\S+)\s+(\S+)", output, re.MULTILINE)
     if latency is None:
         raise ValueError(f"wrk output lacks the latency line:\n{output}")
     percentiles = {int(p): to_ms(v) for p, v in
-                   re.findall(r"^\s+(\d+)%\s+(\S+)\s*$", output, re.M)}
+                   re.findall(r"^\s+(\d+)%\s+(\S+)\s*$", output, re.MULTILINE)}
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
                        output)
     connect, read, write, timeouts = (int(g) for g in errors.groups()) if errors else (0,) * 4
@@ -113,7 +113,8 @@ def wrk(binary: str, url: str, connections: int, seconds: float, threads: int,
     cmd = [binary, f"-t{min(threads, connections)}", f"-c{connections}", f"-d{seconds:g}s",
            f"--timeout={timeout:g}s", "--latency", url]
     # Bounded twice: wrk's own duration, and a hard limit here.
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + timeout + 30)
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True,
+                          timeout=seconds + timeout + 30)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stderr}")
     return done.stdout

@@ -3,6 +3,7 @@
 # shellcheck shell=bash
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$ROOT/deploy/usage.sh"
 VENV=${VENV:-$ROOT/.venv}
 PYTHON=${PYTHON:-python3}
 
@@ -69,11 +70,15 @@ ensure_node_modules() {
 # The developer's .env (DOTENV_PATH moves it, as for service/config.py).
 DOTENV=${DOTENV_PATH:-$ROOT/.env}
 
-# dotenv_value NAME: the value of NAME in .env (not exported wholesale, so
-# empty lines do not override gunicorn's own defaults).
+# dotenv_value NAME: the value of NAME in .env, read by python-dotenv's `dotenv`
+# command from the virtualenv (ensure_venv first), so it means what it means to the
+# app. Not exported wholesale, so empty lines do not override gunicorn's defaults.
 dotenv_value() {
   [ -f "$DOTENV" ] || return 0
-  sed -n "s/^[[:space:]]*$1[[:space:]]*=[[:space:]]*//p" "$DOTENV" | tail -n1 | sed 's/^["'\'']//; s/["'\'']$//'
+  local status=0
+  "$VENV/bin/dotenv" -f "$DOTENV" get "$1" || status=$?
+  # 1: the key is not there (or has no value), which is not an error.
+  [ "$status" -le 1 ] || die "cannot read $DOTENV (python-dotenv exited $status)"
 }
 
 # ensure_dotenv: write .env from .env.example with a fresh SECRET_KEY, once.
@@ -116,14 +121,17 @@ wait_any_child() {
 }
 
 # start_private_redis DIR: a redis-server reachable only through DIR/redis.sock
-# (no TCP port, socket mode 700), AOF in DIR; exports REDIS_URL.
+# (no TCP port, socket mode 700), with the service's settings
+# (deploy/redis/service.conf: AOF, fsync every second) and its AOF in DIR;
+# exports REDIS_URL.
 start_private_redis() {
   local dir=$1
   mkdir -p "$dir"
   chmod 700 "$dir"
   rm -f "$dir/redis.sock"
-  spawn redis-server --port 0 --unixsocket "$dir/redis.sock" --unixsocketperm 700 \
-    --dir "$dir" --appendonly yes --save "" --logfile "$dir/redis.log"
+  spawn redis-server "$ROOT/deploy/redis/service.conf" --port 0 \
+    --unixsocket "$dir/redis.sock" --unixsocketperm 700 \
+    --dir "$dir" --save "" --logfile "$dir/redis.log"
   for _ in $(seq 100); do [ -S "$dir/redis.sock" ] && break; sleep 0.05; done
   [ -S "$dir/redis.sock" ] || die "redis-server did not start; see $dir/redis.log"
   export REDIS_URL="unix://$dir/redis.sock"

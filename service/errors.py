@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import flask
 from flask import Request, current_app, json, render_template, request
-from redis.exceptions import RedisError
 from flask_wtf.csrf import CSRFError
+from redis.exceptions import RedisError
 from werkzeug.exceptions import (
     BadRequest,
     Forbidden,

@@ -332,14 +332,14 @@ class RedisSessionStore(RedisSessionInterface):
 
     # -- cookies -----------------------------------------------------------
     def _cookie_args(self, app: Flask) -> dict[str, Any]:
-        return dict(
-            key=self.get_cookie_name(app),
-            path="/",
-            domain=None,
-            secure=self.get_cookie_secure(app),
-            httponly=True,
-            samesite=self.get_cookie_samesite(app),
-        )
+        return {
+            "key": self.get_cookie_name(app),
+            "path": "/",
+            "domain": None,
+            "secure": self.get_cookie_secure(app),
+            "httponly": True,
+            "samesite": self.get_cookie_samesite(app),
+        }
 
     def set_cookie(self, app: Flask, response: Response, sid: str) -> None:
         response.set_cookie(value=sid, **self._cookie_args(app))

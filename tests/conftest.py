@@ -1,6 +1,10 @@
-import pytest
+import itertools
 
-from tests.support.api import ApiClient, new_username
+import pytest
+import redis
+
+from service import Settings, create_app
+from tests.support.api import PASSWORD, ApiClient, new_username
 from tests.support.nginx import Nginx
 from tests.support.processes import Gunicorn, RedisServer, base_env
 from tests.support.tls import LocalCA
@@ -13,6 +17,25 @@ def redis_server(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture
+def app(redis_server):
+    """The real app, built in this process from test settings (flaskr's way),
+    for logic that needs no server; its Redis is the session's redis-server."""
+    settings = Settings.from_env(base_env(redis_server.url, AUTH_RATE_LIMIT="1000 per minute",
+                                          LOGIN_FAILURE_LIMIT="1000 per minute"))
+    app = create_app(settings)
+    yield app
+    for client in app.extensions.values():
+        if isinstance(client, redis.Redis):
+            client.connection_pool.disconnect()
+
+
+@pytest.fixture
+def client(app):
+    """Flask's test client for `app`: requests without sockets, cookies kept."""
+    return app.test_client()
+
+
 @pytest.fixture(scope="session")
 def service(redis_server, tmp_path_factory):
     """One gevent worker of the test app, shared by the read-mostly tests."""
@@ -23,40 +46,41 @@ def service(redis_server, tmp_path_factory):
     server.stop()
 
 
+def made_in_test(make_one, close):
+    """The body of a factory fixture (``yield from`` it): the test makes any
+    number of things with make_one(...), each is closed afterwards."""
+    made = []
+
+    def make(*args, **kwargs):
+        made.append(make_one(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for thing in made:
+        close(thing)
+
+
 @pytest.fixture
 def make_gunicorn(tmp_path):
     """Start extra gunicorn instances in a test; all are stopped afterwards."""
-    started = []
-
-    def make(env, **kwargs):
-        server = Gunicorn(tmp_path / f"gunicorn-{len(started)}", env, **kwargs)
-        started.append(server)
-        return server
-
-    yield make
-    for server in started:
-        server.stop()
+    numbers = itertools.count()
+    yield from made_in_test(
+        lambda env, **kwargs: Gunicorn(tmp_path / f"gunicorn-{next(numbers)}", env, **kwargs),
+        Gunicorn.stop)
 
 
 @pytest.fixture
 def api(service):
     """Make API clients (each its own browser-like cookie jar) for the shared service."""
-    clients = []
-
-    def make(base_url=None, **kwargs):
-        client = ApiClient(base_url or service.url, **kwargs)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.close()
+    yield from made_in_test(
+        lambda base_url=None, **kwargs: ApiClient(base_url or service.url, **kwargs),
+        ApiClient.close)
 
 
 @pytest.fixture
 def account(api):
     """A registered account: (username, password)."""
-    username, password = new_username(), "correct horse battery"
+    username, password = new_username(), PASSWORD
     assert api().register(username, password).status_code == 201
     return username, password
 

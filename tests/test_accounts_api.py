@@ -3,9 +3,7 @@ gunicorn (gevent) and Redis."""
 
 import pytest
 
-from tests.support.api import new_username
-
-PASSWORD = "correct horse battery"
+from tests.support.api import PASSWORD, new_username
 
 
 def test_csrf_token_endpoint(api):

@@ -5,10 +5,8 @@ import shutil
 
 import pytest
 
-from tests.support.api import new_username
+from tests.support.api import PASSWORD, new_username
 from tests.support.processes import require_binary
-
-PASSWORD = "correct horse battery"
 
 
 @pytest.fixture(scope="module")

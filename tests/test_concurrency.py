@@ -2,6 +2,7 @@
 
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
+from itertools import pairwise
 
 import requests
 
@@ -12,7 +13,7 @@ N = 100
 
 def fire(url: str, n: int, timeout: float):
     """Send n simultaneous GETs; return (finished results, elapsed seconds)."""
-    session_per_thread = lambda: requests.get(url, timeout=timeout)  # noqa: E731
+    session_per_thread = lambda: requests.get(url, timeout=timeout)
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=n) as pool:
         futures = [pool.submit(session_per_thread) for _ in range(n)]
@@ -46,6 +47,6 @@ def test_one_sync_worker_serialises_the_same_requests(redis_server, make_gunicor
     # In 4 s a serial worker finishes about 8 of the 0.5 s requests, never all.
     assert len(results) < 12, f"{len(results)} finished in {elapsed:.1f}s"
     spans = sorted((r.json() for r in results), key=lambda s: s["started"])
-    for earlier, later in zip(spans, spans[1:]):
+    for earlier, later in pairwise(spans):
         assert later["started"] >= earlier["finished"] - 0.01
     server.stop()

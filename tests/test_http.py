@@ -1,7 +1,8 @@
-"""Headers, errors, proxy trust and request logs, through real gunicorn."""
+"""Headers, errors, proxy trust and request logs. Header profiles, error
+negotiation and the Host check are pure logic, tested in process (the
+`client` fixture); the rest through real gunicorn."""
 
 import json
-import socket
 
 import pytest
 import requests
@@ -14,23 +15,18 @@ SECURITY_HEADERS = (
 )
 
 
-def raw_headers(port: int, path: str, extra: str = "") -> list[tuple[str, str]]:
-    """The header lines exactly as sent on the wire (to count duplicates)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}\r\n".encode())
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")[1:]
-    return [tuple(part.strip() for part in line.split(":", 1)) for line in head]
+def header_lines(client, path: str) -> list[tuple[str, str]]:
+    """The app's header lines as it hands them to the server, one per line
+    sent (to count duplicates)."""
+    return client.get(path).headers.to_wsgi_list()
 
 
 @pytest.mark.parametrize("path, csp_start", [
     ("/", "default-src 'none'; script-src 'self'"),
     ("/healthz", "default-src 'none'; form-action 'none'"),
 ])
-def test_security_headers_are_sent_exactly_once(service, path, csp_start):
-    headers = raw_headers(service.port, path)
+def test_security_headers_are_sent_exactly_once(client, path, csp_start):
+    headers = header_lines(client, path)
     names = [name.lower() for name, _ in headers]
     for header in SECURITY_HEADERS:
         assert names.count(header.lower()) == 1, (header, headers)
@@ -43,8 +39,12 @@ def test_security_headers_are_sent_exactly_once(service, path, csp_start):
     assert dict(headers)["X-Content-Type-Options"] == "nosniff"
 
 
-def test_a_view_overrides_a_header_without_duplicating_it(service):
-    headers = raw_headers(service.port, "/test/own-csp")
+def test_a_view_overrides_a_header_without_duplicating_it(app, client):
+    @app.get("/own-csp")
+    def own_csp():
+        return {"ok": True}, 200, {"Content-Security-Policy": "default-src 'self'"}
+
+    headers = header_lines(client, "/own-csp")
     csps = [v for k, v in headers if k.lower() == "content-security-policy"]
     assert csps == ["default-src 'self'"]
 
@@ -65,24 +65,23 @@ def test_body_over_the_limit_is_413(service):
         "received": {"x": 1}}
 
 
-def test_404_and_405_as_json_for_api_clients_and_html_for_browsers(service):
-    api = requests.get(service.url + "/api/nothing-here", timeout=5)
-    assert api.status_code == 404 and api.json()["error"] == "not_found"
-    page = requests.get(service.url + "/nothing-here", headers={"Accept": "text/html"}, timeout=5)
+def test_404_and_405_as_json_for_api_clients_and_html_for_browsers(client):
+    api = client.get("/api/nothing-here")
+    assert api.status_code == 404 and api.json["error"] == "not_found"
+    page = client.get("/nothing-here", headers={"Accept": "text/html"})
     assert page.status_code == 404
     assert page.headers["Content-Type"].startswith("text/html")
     assert "<h1>404 Not Found</h1>" in page.text
-    wrong = requests.delete(service.url + "/healthz", headers={"Accept": "application/json"},
-                            timeout=5)
+    wrong = client.delete("/healthz", headers={"Accept": "application/json"})
     assert wrong.status_code == 405
-    assert wrong.json()["error"] == "method_not_allowed"
+    assert wrong.json["error"] == "method_not_allowed"
     assert set(wrong.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "HEAD"}
 
 
-def test_unexpected_host_header_is_400(service):
-    r = requests.get(service.url + "/healthz", headers={"Host": "evil.example"}, timeout=5)
+def test_unexpected_host_header_is_400(client):
+    r = client.get("/healthz", headers={"Host": "evil.example"})
     assert r.status_code == 400
-    assert "<h1>400 Bad Request</h1>" in r.text or r.json()["error"] == "bad_request"
+    assert "<h1>400 Bad Request</h1>" in r.text or r.json["error"] == "bad_request"
 
 
 def test_forwarded_headers_from_a_trusted_proxy_are_used(service):

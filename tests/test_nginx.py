@@ -1,4 +1,4 @@
-"""nginx in front of gunicorn: TLS, HTTP/2, proxying, limits (issue 4).
+"""nginx in front of gunicorn: TLS, HTTP/2, proxying, limits.
 
 Real processes only: redis-server, gunicorn with a gevent worker on a unix
 socket (APP_ENV=production), and nginx rendered by deploy/nginx/render with a
@@ -14,6 +14,7 @@ import select
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import time
@@ -21,7 +22,8 @@ import time
 import pytest
 
 from service.security import API_HEADERS, HTML_HEADERS
-from tests.support.nginx import RENDER, Nginx
+from tests.support import h2frames
+from tests.support.nginx import RENDER, Nginx, Response
 from tests.support.processes import ROOT, Gunicorn, base_env, require_binary, wait_until
 from tests.support.tls import LocalCA
 
@@ -94,15 +96,16 @@ def assert_headers_once(response, profile, hsts=True):
 def test_rendered_config_passes_nginx_t(nginx):
     result = subprocess.run(
         [nginx.binary, "-t", "-p", str(nginx.prefix), "-c", str(nginx.conf_dir / "nginx.conf")],
-        capture_output=True, text=True)
+        capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
     site = (nginx.conf_dir / "site.conf").read_text()
-    # nginx's variables survived rendering; no placeholder is left anywhere.
+    # nginx's variables survived rendering; no template syntax is left anywhere.
     assert "return 308 https://$host:" in site and "$request_uri;" in site
     for path in nginx.conf_dir.rglob("*"):
         if path.is_file():
-            assert "@@" not in path.read_text(), path
+            text = path.read_text()
+            assert not any(mark in text for mark in ("@@", "{{", "{%", "{#")), path
     assert f"client_max_body_size {MAX_BODY};" in (nginx.conf_dir / "snippets/limits.conf").read_text()
 
 
@@ -111,7 +114,7 @@ def render_only(tmp_path, *args):
     command = [sys.executable, str(RENDER), "--out", str(out), "--server-name", HOST,
                "--upstream", "unix:/run/service/gunicorn.sock", "--app-python", sys.executable,
                *args]
-    return subprocess.run(command, capture_output=True, text=True), out
+    return subprocess.run(command, capture_output=True, text=True, check=False), out
 
 
 def test_both_http2_syntaxes_by_version(tmp_path, certs):
@@ -156,7 +159,7 @@ def test_renderer_takes_names_socket_and_body_limit_from_the_env_file(tmp_path, 
     result = subprocess.run(
         [sys.executable, str(RENDER), "--out", str(out), "--env-file", str(env_file),
          "--cert", str(certs[0][0]), "--key", str(certs[0][1]), "--app-python", sys.executable],
-        capture_output=True, text=True)
+        capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     site = (out / "site.conf").read_text()
     assert "server_name example.test .example.test;" in site
@@ -192,9 +195,9 @@ def test_acme_challenge_is_served_over_http(nginx):
 
 
 def tls_handshake(nginx, context, server_hostname=HOST):
-    with socket.create_connection(("127.0.0.1", nginx.https_port), timeout=5) as raw:
-        with context.wrap_socket(raw, server_hostname=server_hostname) as tls:
-            return tls.version(), tls.cipher()[0], tls.selected_alpn_protocol()
+    with (socket.create_connection(("127.0.0.1", nginx.https_port), timeout=5) as raw,
+          context.wrap_socket(raw, server_hostname=server_hostname) as tls):
+        return tls.version(), tls.cipher()[0], tls.selected_alpn_protocol()
 
 
 def test_alpn_negotiates_h2(nginx, ca):
@@ -213,7 +216,7 @@ def test_old_tls_versions_are_refused(nginx, flag):
     result = subprocess.run(
         [openssl, "s_client", "-connect", f"127.0.0.1:{nginx.https_port}", "-servername", HOST,
          flag, "-cipher", "DEFAULT:@SECLEVEL=0"],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=10)
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=10, check=False)
     assert result.returncode != 0
     assert "alert protocol version" in result.stderr, result.stderr
 
@@ -241,7 +244,7 @@ def test_sslyze_mozilla_intermediate_compliant(nginx, ca):
     result = subprocess.run(
         [sslyze, "--mozilla_config=intermediate", "--certinfo_ca_file", str(ca.cert_path),
          f"{HOST}:{nginx.https_port}{{127.0.0.1}}"],
-        capture_output=True, text=True, timeout=120)
+        capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{HOST}:{nginx.https_port}: OK - Compliant." in result.stdout
     assert "Rejected curves:" in result.stdout and "X448" in result.stdout.split("Rejected curves:")[1]
@@ -411,29 +414,104 @@ def test_slow_loris_headers_are_cut_off(nginx, ca):
     """A client sending its request header one byte per second is disconnected."""
     request = f"GET / HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: slow\r\n\r\n".encode()
     context = ca.client_context()
-    with socket.create_connection(("127.0.0.1", nginx.https_port), timeout=5) as raw:
-        with context.wrap_socket(raw, server_hostname=HOST) as tls:
-            tls.setblocking(False)
-            started = time.monotonic()
-            sent, closed = 0, False
-            while sent < len(request) and time.monotonic() - started < 15:
+    with (socket.create_connection(("127.0.0.1", nginx.https_port), timeout=5) as raw,
+          context.wrap_socket(raw, server_hostname=HOST) as tls):
+        tls.setblocking(False)
+        started = time.monotonic()
+        sent, closed = 0, False
+        while sent < len(request) and time.monotonic() - started < 15:
+            try:
+                tls.sendall(request[sent:sent + 1])
+            except OSError:
+                closed = True
+                break
+            sent += 1
+            readable, _, _ = select.select([tls], [], [], 1.0)
+            if readable:
                 try:
-                    tls.sendall(request[sent:sent + 1])
+                    tls.recv(1024)  # EOF or an error response: cut off either way
+                except (ssl.SSLWantReadError, BlockingIOError):
+                    continue  # only a TLS 1.3 session ticket
                 except OSError:
-                    closed = True
-                    break
-                sent += 1
-                readable, _, _ = select.select([tls], [], [], 1.0)
-                if readable:
-                    try:
-                        tls.recv(1024)  # EOF or an error response: cut off either way
-                    except (ssl.SSLWantReadError, BlockingIOError):
-                        continue  # only a TLS 1.3 session ticket
-                    except OSError:
-                        pass
-                    closed = True
-                    break
-            elapsed = time.monotonic() - started
+                    pass
+                closed = True
+                break
+        elapsed = time.monotonic() - started
     assert closed, f"still connected after {elapsed:.1f}s and {sent} bytes"
     assert sent < len(request)
     assert HEADER_TIMEOUT - 0.5 <= elapsed < HEADER_TIMEOUT + 3, elapsed
+
+
+# -- nginx's own answers -------------------------------------------------------------
+
+
+def test_access_log_lines_parse_for_streams_reset_before_a_status(nginx, ca):
+    """A stream reset while its header block is incomplete has status 000."""
+    with h2frames.connect(nginx.https_port, HOST, ca.client_context()) as tls:
+        block = h2frames.header_block((":method", "GET"), (":scheme", "https"),
+                                      (":path", "/reset-early"), (":authority", HOST))
+        tls.sendall(h2frames.frame(h2frames.HEADERS, 0, 1, block)  # no END_HEADERS
+                    + h2frames.frame(h2frames.RST_STREAM, 0, 1, struct.pack(">I", h2frames.CANCEL)))
+        try:
+            tls.recv(65536)  # nginx answers with GOAWAY and closes
+        except OSError:
+            pass
+
+    def reset_logged():
+        entries = [json.loads(line) for line in nginx.access_log().splitlines()]  # all parse
+        return [e for e in entries if e["status"] is None]
+
+    assert wait_until(reset_logged, 5, "a log line for the reset stream")
+    assert '"status":000' not in nginx.access_log()
+
+
+def test_nginx_429_on_the_api_is_the_apps_json_error_with_retry_after(nginx):
+    statuses = [nginx.request("POST", "/api/auth/register", body="{}", source="127.0.0.5",
+                              headers={"Content-Type": "application/json"}) for _ in range(5)]
+    limited = statuses[-1]
+    assert limited.status == 429
+    assert limited.header("Content-Type") == "application/json"
+    assert json.loads(limited.body) == {
+        "error": "rate_limited",  # as the app names it (service/errors.py)
+        "message": "Too many attempts from your address in a short time. "
+                   "Wait a minute, then try again."}
+    assert limited.header("Retry-After") == "6"  # 10r/m: the next attempt passes in 6 s
+    assert_headers_once(limited, API_HEADERS)
+    assert limited.header_values("Cache-Control") == ["no-store"]
+    assert limited.header("X-Request-ID")
+    # The HTML forms get the HTML page, with Retry-After too.
+    page = nginx.request("POST", "/register", body="x", source="127.0.0.5")
+    assert page.status == 429 and b'id="nginx-error"' in page.body
+    assert page.header("Retry-After") == "6"
+    assert_headers_once(page, HTML_HEADERS)
+
+
+def test_nginx_413_on_the_api_is_json_without_retry_after(nginx):
+    response = nginx.request("POST", "/api/auth/login", body="x" * (MAX_BODY + 1),
+                             headers={"Content-Type": "application/json"}, source="127.0.0.6")
+    assert response.status == 413
+    assert json.loads(response.body)["error"] == "payload_too_large"
+    assert response.header("Retry-After") is None
+    assert_headers_once(response, API_HEADERS)
+
+
+@pytest.mark.parametrize("request_head", [
+    b"GET / HTTP/1.1\r\nHost: app.test\r\nNo colon here\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: app.test\r\nCookie: " + b"a" * 20000 + b"\r\n\r\n",  # 494 -> 400
+    b"BREW\r\n\r\n",
+])
+def test_requests_rejected_before_any_location_get_security_headers(nginx, ca, request_head):
+    context = ca.client_context()
+    with (socket.create_connection(("127.0.0.1", nginx.https_port), timeout=5) as raw,
+          context.wrap_socket(raw, server_hostname=HOST) as tls):
+        tls.sendall(request_head)
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode().split("\r\n")
+    assert status_line.startswith("HTTP/1.1 400 "), status_line
+    response = Response(400, [tuple(part.strip() for part in line.split(":", 1)) for line in lines],
+                        body)
+    assert b'id="nginx-error"' in body
+    assert_headers_once(response, HTML_HEADERS)

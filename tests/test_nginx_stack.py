@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 
-from tests.support.processes import ROOT, free_port, require_binary, wait_until
+from tests.support.processes import ROOT, ManagedProcess, free_port, require_binary, wait_until
 
 
 def test_stack_serves_https_h2_redirects_http_and_stops_on_ctrl_c(tmp_path):
@@ -21,12 +22,17 @@ def test_stack_serves_https_h2_redirects_http_and_stops_on_ctrl_c(tmp_path):
         "STACK_HTTPS_PORT": str(https_port), "STACK_HTTP_PORT": str(http_port),
     }
     log = tmp_path / "stack.log"
-    with log.open("wb") as out:
-        stack = subprocess.Popen([str(ROOT / "scripts" / "stack")], cwd=ROOT, env=env,
-                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    script = ManagedProcess("scripts/stack", log)
+    stack = script.spawn([str(ROOT / "scripts" / "stack")], stdout=log, cwd=ROOT, env=env)
     try:
         wait_until(lambda: stack.poll() is None and "==> serving" in log.read_text(), 60,
                    "scripts/stack to serve")
+        # Peers on gunicorn's socket are trusted for X-Forwarded-For: only this
+        # user (nginx's here) may reach it, through a 0700 directory.
+        socket_path = state / "stack" / "gunicorn.sock"
+        assert socket_path.is_socket()
+        assert stat.S_IMODE(socket_path.stat().st_mode) == 0o770
+        assert stat.S_IMODE(socket_path.parent.stat().st_mode) == 0o700
         ca = state / "local-ca" / "ca.crt"
         assert f"curl --cacert {ca}" in log.read_text()  # how to trust the CA
 
@@ -35,7 +41,7 @@ def test_stack_serves_https_h2_redirects_http_and_stops_on_ctrl_c(tmp_path):
                 ["curl", "-sS", "--max-time", "10", "--cacert", str(ca),
                  "--resolve", f"localhost:{https_port}:127.0.0.1",
                  "--resolve", f"localhost:{http_port}:127.0.0.1", *args],
-                capture_output=True, text=True, timeout=20)
+                check=False, capture_output=True, text=True, timeout=20)
 
         home = curl("--http2", "-o", "/dev/null", "-w", "%{http_version} %{response_code}",
                     f"https://localhost:{https_port}/")
@@ -62,12 +68,7 @@ def test_stack_serves_https_h2_redirects_http_and_stops_on_ctrl_c(tmp_path):
 
         wait_until(group_gone, 15, "the stack's processes to exit")
     finally:
-        if stack.poll() is None:
-            os.killpg(stack.pid, signal.SIGKILL)
-            stack.wait(10)
-        else:
-            try:
-                os.killpg(stack.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        # After a failure: TERM, so its trap stops the children it started in
+        # sessions of their own (SIGKILL would leave them running).
+        script.stop(30)
     assert not (state / "stack" / "gunicorn.sock").exists()

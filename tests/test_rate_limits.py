@@ -4,10 +4,8 @@ cannot lock a victim out."""
 
 import pytest
 
-from tests.support.api import ApiClient, new_username
+from tests.support.api import PASSWORD, ApiClient, new_username
 from tests.support.processes import RedisServer, base_env
-
-PASSWORD = "correct horse battery"
 
 
 @pytest.fixture

@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import socket
-import subprocess
 
 import pytest
 import requests
 
-from tests.support.processes import base_env, free_port, require_binary, wait_until
+from tests.support.processes import ManagedProcess, base_env, free_port, require_binary
 from tests.support.tls import LocalCA
 
 USER, PASSWORD = "app", "s3cret-pass-for-tests"
@@ -22,24 +21,23 @@ def secured_redis(tmp_path):
     ca = LocalCA(tmp_path / "ca")
     cert, key = ca.issue("localhost", "127.0.0.1")
     port, tls_port = free_port(), free_port()
-    process = subprocess.Popen(
+    redis_server = ManagedProcess("redis-server", tmp_path / "redis.log")
+    redis_server.spawn(
         [binary, "--bind", "127.0.0.1", "--port", str(port), "--tls-port", str(tls_port),
          "--tls-cert-file", str(cert), "--tls-key-file", str(key),
          "--tls-ca-cert-file", str(ca.cert_path), "--tls-auth-clients", "no",
          "--user", "default", "off",
          "--user", USER, "on", f">{PASSWORD}", "~*", "&*", "+@all",
-         "--dir", str(tmp_path), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+         "--dir", str(tmp_path), "--save", "", "--appendonly", "no",
+         "--logfile", str(redis_server.log_path)])
 
     def listening():
         with socket.create_connection(("127.0.0.1", tls_port), timeout=1):
             return True
 
-    wait_until(listening, 10, "redis-server with TLS")
+    redis_server.wait_ready(listening, 10, "redis-server with TLS")
     yield port, tls_port, ca
-    process.terminate()
-    process.wait(10)
+    redis_server.stop()
 
 
 @pytest.mark.parametrize("scheme", ["redis", "rediss"])

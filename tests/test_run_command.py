@@ -9,9 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import redis
 import requests
 
-from tests.support.processes import ROOT, free_port, require_binary, wait_until
+from tests.support.processes import ROOT, ManagedProcess, free_port, require_binary, wait_until
 
 
 def copy_tracked_files(dest: Path) -> None:
@@ -62,9 +63,9 @@ def test_run_command_serves_and_ctrl_c_stops_everything(tmp_path):
         # Reuse this virtualenv instead of installing a new one.
         "VENV": str(Path(sys.executable).parent.parent), "BIND": f"127.0.0.1:{port}",
     }
-    log = (tmp_path / "run.log").open("wb")
-    process = subprocess.Popen([str(repo / "scripts" / "run")], cwd=repo, env=env,
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    script = ManagedProcess("scripts/run", tmp_path / "run.log")
+    process = script.spawn([str(repo / "scripts" / "run")], stdout=script.log_path, cwd=repo,
+                           env=env)
     try:
         def serving():
             if process.poll() is not None:
@@ -81,6 +82,11 @@ def test_run_command_serves_and_ctrl_c_stops_everything(tmp_path):
         assert len(secret) >= 43
         assert oct((repo / ".env").stat().st_mode & 0o777) == "0o600"
         assert (repo / ".state" / "redis" / "redis.sock").is_socket()
+        # The private Redis runs with deploy/redis/service.conf: AOF, fsync every second.
+        with redis.Redis(unix_socket_path=str(repo / ".state" / "redis" / "redis.sock"),
+                         socket_timeout=2) as db:
+            assert db.config_get("appendonly") == {"appendonly": "yes"}
+            assert db.config_get("appendfsync") == {"appendfsync": "everysec"}
         r = requests.get(f"http://127.0.0.1:{port}/", timeout=5)
         assert r.status_code == 200 and "It works" in r.text
         started = descendants(process.pid)
@@ -90,9 +96,9 @@ def test_run_command_serves_and_ctrl_c_stops_everything(tmp_path):
         assert process.wait(30) in (0, 130)
         wait_until(lambda: not any(alive(pid) for pid in started), 10, "children to exit")
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        log.close()
+        # After a failure: TERM, so its trap stops the children it started in
+        # sessions of their own (SIGKILL would leave them running).
+        script.stop(30)
     output = (tmp_path / "run.log").read_text()
     assert "/.env with a new SECRET_KEY" in output
     assert "private Redis at unix://" in output

@@ -8,10 +8,8 @@ import time
 
 import pytest
 
-from tests.support.api import ApiClient, new_username
+from tests.support.api import PASSWORD, ApiClient, new_username
 from tests.support.processes import base_env
-
-PASSWORD = "correct horse battery"
 
 
 def session_key(sid):

@@ -2,25 +2,43 @@
 # shellcheck shell=bash
 
 LE_DIR=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)
+LE_REPO=$(cd "$LE_DIR/../.." && pwd)
+. "$LE_REPO/deploy/usage.sh"
 
-# The settings below, in the environment or in LETSENCRYPT_ENV_FILE (KEY=VALUE
-# lines; the environment wins). One file serves the timer, cron, the hook that
+# The app's virtualenv provides python-dotenv (the settings file is read as the
+# app reads its .env) and Jinja2 (install-schedule): APP_VENV from the
+# environment, else the checkout's .venv (scripts/test, scripts/stack), else
+# ../venv beside the checkout (deploy/README.md: /srv/flask-service/{app,venv}).
+app_venv() {
+  local dir
+  for dir in ${APP_VENV:+"$APP_VENV"} "$LE_REPO/.venv" "$LE_REPO/../venv"; do
+    if [ -x "$dir/bin/python" ]; then (cd "$dir" && pwd); return 0; fi
+    [ -z "${APP_VENV:-}" ] || break
+  done
+  le_error "no app virtualenv at ${APP_VENV:-$LE_REPO/.venv or $LE_REPO/../venv}: set APP_VENV to the one deploy/README.md installs"
+  return 1
+}
+
+# The settings below, in the environment or in LETSENCRYPT_ENV_FILE (the environment
+# wins). The file is read by python-dotenv's `dotenv` command, the parser the app
+# uses for its .env: quotes, `export`, comments and a key set twice (the last one
+# counts) mean the same everywhere. One file serves the timer, cron, the hook that
 # certbot runs, and an operator's shell alike.
 LE_SETTINGS=(CERTBOT_VENV CERTBOT_CONFIG_DIR CERTBOT_WORK_DIR CERTBOT_LOGS_DIR ACME_SERVER
   ACME_WEBROOT TLS_CERT TLS_KEY NGINX_BIN NGINX_CONF NGINX_PREFIX CERT_PROFILE CERT_MIN_DAYS METRICS_DIR
   PYTHON)
 
 load_settings() {
-  local file=${LETSENCRYPT_ENV_FILE:-/etc/letsencrypt/deploy.env} key value
+  local file=${LETSENCRYPT_ENV_FILE:-/etc/letsencrypt/deploy.env} venv line key listed
   if [ -f "$file" ]; then
-    while IFS= read -r line || [ -n "$line" ]; do
-      [[ $line =~ ^[[:space:]]*([A-Z_][A-Z0-9_]*)[[:space:]]*=(.*)$ ]] || continue
-      key=${BASH_REMATCH[1]} value=${BASH_REMATCH[2]}
-      value=${value#"${value%%[![:space:]]*}"} value=${value%"${value##*[![:space:]]}"}
-      value=${value#[\"\']} value=${value%[\"\']}
+    venv=$(app_venv) || return 1
+    # `list` prints KEY=value lines (values unquoted, one line each).
+    listed=$("$venv/bin/dotenv" -f "$file" list) || { le_error "cannot read $file"; return 1; }
+    while IFS= read -r line; do
+      key=${line%%=*}
       [[ " ${LE_SETTINGS[*]} " == *" $key "* ]] || continue
-      [ -n "${!key+set}" ] || export "$key=$value"
-    done <"$file"
+      [ -n "${!key+set}" ] || export "$key=${line#*=}"
+    done <<<"$listed"
   fi
   export CERTBOT_VENV=${CERTBOT_VENV:-/opt/certbot}
   export CERTBOT_CONFIG_DIR=${CERTBOT_CONFIG_DIR:-/etc/letsencrypt}

@@ -183,7 +183,7 @@ def delete_account(user: User, password) -> None:
     require_replicated()
     if not verify_password(user.password_hash, password):
         raise PermissionError("password is wrong")
-    for _handle, sid in accounts().session_ids(user.uid).items():
+    for sid in accounts().session_ids(user.uid).values():
         _sessions().delete(sid)
     accounts().drop_index(user.uid)
     accounts().delete(user)

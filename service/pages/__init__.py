@@ -6,7 +6,7 @@ carries a CSRF token.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
@@ -33,7 +33,7 @@ def safe_next(target: str | None, default: str = "/account") -> str:
 
 @bp.app_template_filter("datetime")
 def format_timestamp(seconds: int) -> str:
-    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def to_login():

@@ -7,6 +7,9 @@ import secrets
 
 import requests
 
+# The password of every test account (long enough for the password policy).
+PASSWORD = "correct horse battery"
+
 
 class ApiClient:
     def __init__(self, base_url: str, cookie_name: str = "session", forwarded_for: str | None = None):

@@ -29,7 +29,6 @@ temp directories are 0700, so `nobody` could not reach the socket or files.
 from __future__ import annotations
 
 import http.client
-import os
 import signal
 import socket
 import subprocess
@@ -37,7 +36,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.processes import ROOT, free_port, require_binary, wait_until
+from tests.support.processes import ROOT, ManagedProcess, free_port, require_binary, wait_until
 
 RENDER = ROOT / "deploy" / "nginx" / "render"
 
@@ -67,7 +66,7 @@ class _ResolvedHTTPS(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
-class Nginx:
+class Nginx(ManagedProcess):
     def __init__(self, directory: Path, *, upstream: str, certs=(), ca_file=None,
                  server_names=("app.test",), acme_root=None, static_root=None,
                  render_args=()):
@@ -84,8 +83,8 @@ class Nginx:
         self.render_args = tuple(render_args)
         self.http_port = free_port()
         self.https_port = free_port()
-        self.process: subprocess.Popen | None = None
         self.acme_root.mkdir(parents=True, exist_ok=True)
+        super().__init__("nginx", self.prefix / "logs" / "error.log")
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -105,33 +104,23 @@ class Nginx:
         return command + list(self.render_args)
 
     def render(self) -> subprocess.CompletedProcess:
-        result = subprocess.run(self.render_command(), capture_output=True, text=True)
+        result = subprocess.run(self.render_command(), check=False, capture_output=True, text=True)
         if result.returncode != 0:
             raise AssertionError(f"deploy/nginx/render failed:\n{result.stderr}")
         return result
 
     def start(self, timeout: float = 10) -> Nginx:
         self.render()
-        self.process = subprocess.Popen(
-            [self.binary, "-p", str(self.prefix), "-c", str(self.conf_dir / "nginx.conf"),
-             "-e", str(self.prefix / "logs" / "error.log"), "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
+        self.spawn([self.binary, "-p", str(self.prefix), "-c", str(self.conf_dir / "nginx.conf"),
+                    "-e", str(self.log_path), "-g", "daemon off;"])
         ports = [self.http_port] + ([] if "--http-only" in self.render_args else [self.https_port])
 
         def up():
-            if self.process.poll() is not None:
-                raise AssertionError(f"nginx exited with {self.process.returncode}:\n"
-                                     f"{self.error_log()}")
             for port in ports:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return True
 
-        try:
-            wait_until(up, timeout, f"nginx on ports {ports}")
-        except AssertionError:
-            self.stop()
-            raise
+        self.wait_ready(up, timeout, f"nginx on ports {ports}")
         return self
 
     def reload(self, timeout: float = 10) -> None:
@@ -148,18 +137,6 @@ class Nginx:
             return self.error_log().count(marker) > before
 
         wait_until(reloaded, timeout, "nginx reload")
-
-    def stop(self) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
-        return self.process.returncode
 
     # -- clients ------------------------------------------------------------------
 
@@ -200,15 +177,13 @@ class Nginx:
                 command += ["--resolve", f"{name}:{port}:127.0.0.1"]
         if self.ca_file:
             command += ["--cacert", str(self.ca_file)]
-        return subprocess.run(command + list(args), capture_output=True, text=True,
+        return subprocess.run(command + list(args), check=False, capture_output=True, text=True,
                               timeout=timeout)
 
     # -- logs -----------------------------------------------------------------------
 
     def error_log(self) -> str:
-        path = self.prefix / "logs" / "error.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return self.log()
 
     def access_log(self) -> str:
-        path = self.prefix / "logs" / "access.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return self.log(self.prefix / "logs" / "access.log")

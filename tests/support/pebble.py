@@ -14,7 +14,14 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.processes import ROOT, free_port, require_binary, wait_until
+from tests.support.processes import (
+    ROOT,
+    ManagedProcess,
+    free_port,
+    read_log,
+    require_binary,
+    wait_until,
+)
 
 LETSENCRYPT = ROOT / "deploy" / "letsencrypt"
 LOCAL_CA = ROOT / "deploy" / "nginx" / "local-ca"
@@ -101,7 +108,7 @@ class Pebble:
         self.management_port = free_port()
         self.dns_port = free_port()
         self.dns_management_port = free_port()
-        self.processes: list[subprocess.Popen] = []
+        self.processes: list[ManagedProcess] = []
 
     @property
     def directory_url(self) -> str:
@@ -135,13 +142,13 @@ class Pebble:
         return self
 
     def _launch(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        with (self.directory / f"{name}.log").open("ab") as log:
-            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                       env=dict(os.environ, **env), cwd=self.directory)
+        process = ManagedProcess(name, self.directory / f"{name}.log")
+        process.spawn(argv, stdout=process.log_path, env=dict(os.environ, **env),
+                      cwd=self.directory)
         self.processes.append(process)
         time.sleep(0.05)
-        if process.poll() is not None:
-            raise AssertionError(f"{name} exited at once:\n{self.log(name)}")
+        if process.process.poll() is not None:
+            raise AssertionError(f"{name} exited at once:\n{process.log()}")
 
     def _management(self, method: str, port: int, path: str, body: dict | None = None,
                     tls: bool = True) -> bytes | None:
@@ -185,18 +192,11 @@ class Pebble:
         self._management("POST", self.dns_management_port, "/clear-a", {"host": host}, tls=False)
 
     def log(self, name: str = "pebble") -> str:
-        path = self.directory / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return read_log(self.directory / f"{name}.log")
 
     def stop(self) -> None:
         for process in reversed(self.processes):
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(5)
+            process.stop()
         self.processes.clear()
 
 
@@ -241,7 +241,7 @@ class Certbot:
 
     def run(self, command: str, *args: str, timeout: float = 60, **env) -> subprocess.CompletedProcess:
         return subprocess.run([str(LETSENCRYPT / command), *args], env=self.env(**env),
-                              capture_output=True, text=True, timeout=timeout)
+                              check=False, capture_output=True, text=True, timeout=timeout)
 
     def issue(self, *names: str, **env) -> subprocess.CompletedProcess:
         args = [a for name in names for a in ("-d", name)]
@@ -251,14 +251,13 @@ class Certbot:
         return self.run("renew", *args, **env)
 
     def log(self) -> str:
-        path = self.directory / "logs" / "letsencrypt.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return read_log(self.directory / "logs" / "letsencrypt.log")
 
 
 def ensure_certbot(scratch: Path) -> Path:
     """deploy/letsencrypt/setup into the cached venv (a no-op when current)."""
     result = subprocess.run(
-        [str(LETSENCRYPT / "setup")], capture_output=True, text=True, timeout=300,
+        [str(LETSENCRYPT / "setup")], check=False, capture_output=True, text=True, timeout=300,
         env=dict(os.environ, LETSENCRYPT_ENV_FILE=os.devnull, CERTBOT_VENV=str(CERTBOT_VENV),
                  CERTBOT_CONFIG_DIR=str(scratch / "config"), CERTBOT_WORK_DIR=str(scratch / "work"),
                  CERTBOT_LOGS_DIR=str(scratch / "logs"), ACME_WEBROOT=str(scratch / "webroot")))
@@ -277,6 +276,6 @@ def served_certificate(port: int, server_name: str, root_pem: str) -> dict:
     """Handshake with nginx for `server_name` and verify the chain against
     `root_pem` and the name; returns the peer certificate (serialNumber...)."""
     context = ssl.create_default_context(cadata=root_pem)
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with context.wrap_socket(raw, server_hostname=server_name) as tls:
-            return tls.getpeercert()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname=server_name) as tls:
+        return tls.getpeercert()

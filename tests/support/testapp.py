@@ -73,11 +73,6 @@ def client():
             "request_id": request.environ.get("service.request_id")}
 
 
-@bp.get("/own-csp")
-def own_csp():
-    return {"ok": True}, 200, {"Content-Security-Policy": "default-src 'self'"}
-
-
 app = create_app()
 # The probes are not browser-facing; a webhook blueprint would be exempted the
 # same way (and authenticate its callers by other means).
