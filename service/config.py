@@ -243,6 +243,11 @@ def _find_problems(s: Settings) -> list[str]:
                 f"REDIS_URL {redact_url(s.redis_url)!r}: {exc}; write "
                 "redis+sentinel://[user:password@]host:26379,host:26379/mymaster/0."
             )
+    if s.redis_wait_replicas and s.redis_wait_timeout >= s.redis_socket_timeout:
+        problems.append(
+            "REDIS_WAIT_TIMEOUT must be shorter than REDIS_SOCKET_TIMEOUT: WAIT holds the "
+            "connection that long before Redis answers."
+        )
     if s.session_absolute_timeout < s.session_idle_timeout:
         problems.append(
             "SESSION_ABSOLUTE_TIMEOUT must not be shorter than SESSION_IDLE_TIMEOUT."

@@ -7,9 +7,14 @@ import time
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ConnectionError
+from redis.exceptions import ConnectionError, ResponseError
 from redis.retry import Retry
-from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+from redis.sentinel import (
+    MasterNotFoundError,
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+)
 
 from .config import Settings
 from .redis_url import SENTINEL_SCHEME, SentinelURL, parse_sentinel_url
@@ -18,6 +23,22 @@ PROBE_TIMEOUT = 0.5
 # How often a worker asks the sentinels who the primary is, besides every
 # new connection: bounds how long a kept connection can talk to a demoted one.
 PRIMARY_RECHECK_SECONDS = 1.0
+
+
+class PrimaryConnection(SentinelManagedConnection):
+    """A connection to the primary that gives up on a server that is now a
+    replica resyncing (MASTERDOWN, replica-serve-stale-data no in
+    deploy/redis/replication.conf), as redis-py does for READONLY: closed, and
+    a ConnectionError the client's Retry retries on a new connection."""
+
+    def read_response(self, *args, **kwargs):
+        try:
+            return super().read_response(*args, **kwargs)
+        except ResponseError as exc:
+            if str(exc).startswith("MASTERDOWN"):
+                self.disconnect()
+                raise ConnectionError("the primary this connection knew is a replica now") from exc
+            raise
 
 
 class SentinelBlockingPool(SentinelConnectionPool, redis.BlockingConnectionPool):
@@ -83,15 +104,15 @@ def make_client(
         retries,
         supported_errors=(ConnectionError,),
     )
-    options = dict(
-        max_connections=max_connections,
-        timeout=pool_timeout,
-        socket_connect_timeout=connect_timeout,
-        socket_timeout=socket_timeout,
-        health_check_interval=30,
-        retry=retry,
-        client_name=f"service-{os.getpid()}",
-    )
+    options = {
+        "max_connections": max_connections,
+        "timeout": pool_timeout,
+        "socket_connect_timeout": connect_timeout,
+        "socket_timeout": socket_timeout,
+        "health_check_interval": 30,
+        "retry": retry,
+        "client_name": f"service-{os.getpid()}",
+    }
     if settings.redis_url.startswith(SENTINEL_SCHEME):
         pool = sentinel_pool(parse_sentinel_url(settings.redis_url), connect_timeout, **options)
     else:
@@ -109,7 +130,8 @@ def sentinel_pool(url: SentinelURL, connect_timeout: float, **options) -> Sentin
         list(url.sentinels),
         sentinel_kwargs=dict(auth, socket_timeout=timeout, socket_connect_timeout=timeout),
     )
-    return SentinelBlockingPool(url.service_name, sentinel, db=url.db, **auth, **options)
+    return SentinelBlockingPool(url.service_name, sentinel, db=url.db,
+                                connection_class=PrimaryConnection, **auth, **options)
 
 
 def init_app(app, settings: Settings) -> None:

@@ -20,7 +20,7 @@ was saved and before the response leaves the worker.
 
 from __future__ import annotations
 
-from flask import Flask, current_app, g, request_finished
+from flask import Flask, g, request_finished
 from redis.exceptions import RedisError
 
 BARRIER_KEY = "replication:barrier"
@@ -47,13 +47,29 @@ def wait_for_replicas(client, replicas: int, timeout: float) -> int:
 def _after_request_saved(app: Flask, response, **_extra) -> None:
     if not g.pop("wait_for_replicas", False) or response.status_code >= 400:
         return
-    wanted = app.extensions["settings"].redis_wait_replicas
-    confirmed = wait_for_replicas(
-        app.extensions["redis"], wanted, app.extensions["settings"].redis_wait_timeout
-    )
-    if confirmed < wanted:
-        current_app.logger.warning("write confirmed by %d of %d replicas", confirmed, wanted)
-        raise NotReplicated(f"{confirmed} of {wanted} replicas confirmed the write")
+    settings = app.extensions["settings"]
+    wanted = settings.redis_wait_replicas
+    try:
+        confirmed = wait_for_replicas(app.extensions["redis"], wanted, settings.redis_wait_timeout)
+        if confirmed < wanted:
+            raise NotReplicated(f"{confirmed} of {wanted} replicas confirmed the write")
+    except RedisError as exc:
+        _turn_into_unavailable(response, exc)
+
+
+def _turn_into_unavailable(response, exc: RedisError) -> None:
+    """Make the finished response the store's 503, in place: raising here
+    would save the session a second time on Flask's error path. The session
+    cookie goes, so the client keeps what it had and can retry."""
+    from .errors import handle_redis_error
+
+    unavailable = handle_redis_error(exc)
+    response.status_code = unavailable.status_code
+    response.set_data(unavailable.get_data())
+    response.headers.remove("Set-Cookie")
+    response.headers.remove("Clear-Site-Data")
+    for name in ("Content-Type", "Retry-After"):
+        response.headers[name] = unavailable.headers[name]
 
 
 def init_app(app: Flask, settings) -> None:
