@@ -9,6 +9,7 @@ quoted in docs/scaling.md.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,21 +19,29 @@ import pytest
 
 from tests.support.netns import NetBed
 from tests.support.processes import ROOT, base_env, wait_until
-from tests.support.replicated import REDIS_PORT, AppHost, ReplicatedRedis
+from tests.support.replicated import (
+    APP_PORT,
+    REDIS_PORT,
+    AppHost,
+    BalancerHost,
+    ReplicatedRedis,
+)
+from tests.support.tls import LocalCA
 
 HOSTS = ["lb", "app1", "app2", "r1", "r2", "r3", "client"]
 PASSWORD = "correct horse battery"
+SITE = "app.test"  # the name nginx serves, resolved to the lb host inside the bed
 
 
 @pytest.fixture
 def bed(tmp_path):
-    bed = NetBed.create(tmp_path / "bed", HOSTS)
+    bed = NetBed.create(tmp_path / "bed", HOSTS, aliases={"lb": [SITE]})
     yield bed
     bed.destroy()
 
 
 def start_apps(bed, redis, tmp_path, names=("app1", "app2"), **env):
-    hosts = ",".join(bed[n].addr for n in names)
+    hosts = ",".join([SITE, *(bed[n].addr for n in names)])
     settings = {"ALLOWED_HOSTS": hosts, "REDIS_SOCKET_TIMEOUT": 1, "REDIS_POOL_TIMEOUT": 2}
     settings.update(env)
     # One secret for all hosts: any host can serve any session's CSRF token.
@@ -40,13 +49,14 @@ def start_apps(bed, redis, tmp_path, names=("app1", "app2"), **env):
     return [AppHost(bed[n], tmp_path / n, shared).start() for n in names]
 
 
-def load(bed, tmp_path, plan: dict, name: str, background: bool = False):
+def load(bed, tmp_path, plan: dict, name: str, background: bool = False, ca_file=None):
     """Run the load client in the client host; its result (or the process)."""
     plan = dict(plan, out=str(tmp_path / f"{name}.out.json"), cookie="session")
     path = tmp_path / f"{name}.plan.json"
     path.write_text(json.dumps(plan))
     argv = bed["client"].argv(sys.executable, "-m", "tests.support.loadclient", str(path))
-    process = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    env = dict(os.environ, REQUESTS_CA_BUNDLE=str(ca_file)) if ca_file else None
+    process = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.PIPE, text=True, env=env)
     process.out = plan["out"]
     return process if background else finish(process)
 
@@ -58,16 +68,16 @@ def finish(process, timeout=180) -> dict:
         return json.load(f)
 
 
-def register(bed, tmp_path, app, count: int) -> list[list[str]]:
+def register(bed, tmp_path, url: str, count: int, ca_file=None) -> list[list[str]]:
     users = [[f"user-{n}-{time.monotonic_ns() % 10**8}", PASSWORD] for n in range(count)]
-    result = load(bed, tmp_path, {"mode": "register", "targets": [app.url], "users": users},
-                  "register")
+    result = load(bed, tmp_path, {"mode": "register", "targets": [url], "users": users},
+                  "register", ca_file=ca_file)
     assert result["statuses"] == [201] * count
     return users
 
 
-def sessions_plan(apps, users, tmp_path, duration) -> dict:
-    return {"mode": "sessions", "targets": [a.url for a in apps], "users": users,
+def sessions_plan(targets, users, tmp_path, duration) -> dict:
+    return {"mode": "sessions", "targets": targets, "users": users,
             "duration": duration, "max_requests": 2000, "relogin_every": 6,
             "ready_file": str(tmp_path / "load.ready"), "verify_timeout": 60}
 
@@ -88,8 +98,8 @@ def test_redis_primary_killed_under_load(bed, tmp_path):
     redis = ReplicatedRedis(bed, ["r1", "r2", "r3"]).start()
     apps = start_apps(bed, redis, tmp_path, REDIS_WAIT_REPLICAS=1, REDIS_WAIT_TIMEOUT=0.5,
                       AUTH_RATE_LIMIT="100000 per minute", LOGIN_FAILURE_LIMIT="1000 per minute")
-    users = register(bed, tmp_path, apps[0], 8)
-    plan = sessions_plan(apps, users, tmp_path, duration=22)
+    users = register(bed, tmp_path, apps[0].url, 8)
+    plan = sessions_plan([a.url for a in apps], users, tmp_path, duration=22)
     client = load(bed, tmp_path, plan, "failover", background=True)
     wait_until(lambda: (tmp_path / "load.ready").exists(), 30, "the load client")
     time.sleep(4)
@@ -187,8 +197,8 @@ def test_app_follows_a_switched_primary_without_errors(bed, tmp_path):
     redis = ReplicatedRedis(bed, ["r1", "r2", "r3"]).start()
     apps = start_apps(bed, redis, tmp_path, REDIS_WAIT_REPLICAS=2, REDIS_WAIT_TIMEOUT=0.5,
                       AUTH_RATE_LIMIT="100000 per minute", LOGIN_FAILURE_LIMIT="1000 per minute")
-    users = register(bed, tmp_path, apps[0], 6)
-    plan = sessions_plan(apps, users, tmp_path, duration=22)
+    users = register(bed, tmp_path, apps[0].url, 6)
+    plan = sessions_plan([a.url for a in apps], users, tmp_path, duration=22)
     client = load(bed, tmp_path, plan, "switch", background=True)
     wait_until(lambda: (tmp_path / "load.ready").exists(), 30, "the load client")
     time.sleep(3)
@@ -224,10 +234,55 @@ def test_login_limit_per_address_holds_across_app_hosts(bed, tmp_path):
     redis = ReplicatedRedis(bed, ["r1", "r2", "r3"]).start()
     apps = start_apps(bed, redis, tmp_path, AUTH_RATE_LIMIT="4 per minute",
                       LOGIN_FAILURE_LIMIT="1000 per minute")
-    users = register(bed, tmp_path, apps[0], 1)  # counts as one attempt, on app1
+    users = register(bed, tmp_path, apps[0].url, 1)  # counts as one attempt, on app1
     result = load(bed, tmp_path, {"mode": "login_attempts", "targets": [a.url for a in apps],
                                   "username": users[0][0], "attempts": 8}, "attempts")
     statuses = [status for _, status in result["statuses"]]
     assert statuses == [401, 401, 401, 429, 429, 429, 429, 429]
     assert {target for target, status in result["statuses"] if status == 429} == {
         a.url for a in apps}
+
+
+def test_app_host_killed_under_load(bed, tmp_path):
+    """nginx on the lb host in front of two app hosts. app1's gunicorn (master
+    and workers, as when its host dies) is SIGKILLed under load: only requests
+    in flight on it fail, and only POSTs (GETs are retried on app2, a POST is
+    never sent twice); logged-in clients stay logged in."""
+    redis = ReplicatedRedis(bed, ["r1", "r2", "r3"]).start()
+    lb = bed["lb"]
+    apps = start_apps(bed, redis, tmp_path, FORWARDED_ALLOW_IPS=lb.addr, PROXY_HOPS=1,
+                      AUTH_RATE_LIMIT="100000 per minute",
+                      LOGIN_FAILURE_LIMIT="1000 per minute")
+    ca = LocalCA(tmp_path / "ca")
+    nginx = BalancerHost(lb, tmp_path / "nginx", upstream=[a.bind for a in apps],
+                         certs=[ca.issue(SITE)], ca_file=ca.cert_path, server_names=(SITE,),
+                         render_args=("--max-fails", "1", "--fail-timeout", "10s",
+                                      "--login-rate", "100r/s", "--login-burst", "1000"))
+    nginx.start()
+    assert [a.bind for a in apps] == [f"{bed[n].addr}:{APP_PORT}" for n in ("app1", "app2")]
+    users = register(bed, tmp_path, nginx.base_url(), 8, ca_file=ca.cert_path)
+    plan = sessions_plan([nginx.base_url()], users, tmp_path, duration=12)
+    client = load(bed, tmp_path, plan, "appkill", background=True, ca_file=ca.cert_path)
+    wait_until(lambda: (tmp_path / "load.ready").exists(), 30, "the load client")
+    time.sleep(4)
+    killed_at = time.time()
+    os.killpg(apps[0].process.pid, signal.SIGKILL)
+    result = finish(client)
+
+    records = result["records"]
+    failed = [r for r in records if r["status"] not in (200, 204)]
+    in_flight = [r for r in records if r["t"] <= killed_at <= r["end"]]
+    print(f"\napp host SIGKILL: {len(failed)} of {len(records)} requests failed "
+          f"({[(r['kind'], r['status']) for r in failed]}), {len(in_flight)} were in flight "
+          f"at the kill; {result['live']} live and {result['logged_out']} logged-out "
+          f"sessions checked, {len(result['lost'])} lost")
+    # Only what was in flight can fail, and only requests nginx must not resend.
+    assert all(r["t"] <= killed_at + 0.05 for r in failed), failed
+    assert all(r["kind"] in ("login", "logout") for r in failed), failed
+    assert len(failed) <= len(users)
+    after = [r for r in records if r["t"] > killed_at + 0.05]
+    assert len(after) > 200 and all(r["status"] in (200, 204) for r in after)
+    # The same sessions on the surviving host: nobody had to log in again.
+    assert result["lost"] == [] and result["resurrected"] == []
+    served_by_app2 = apps[1].stdout().count("GET /api/me")
+    assert served_by_app2 > len(after) // 2

@@ -1,7 +1,9 @@
 """A test bed of real hosts: Linux network namespaces on a private bridge.
 
-    bed = NetBed.create(tmp_path, ["lb", "app1", "app2", "r1", "r2", "r3", "client"])
+    bed = NetBed.create(tmp_path, ["lb", "app1", "app2", "r1", "r2", "r3", "client"],
+                        aliases={"lb": ["app.test"]})
     bed["app1"].addr                      # 10.213.0.x, reachable from every host of the bed
+                                          # and named "app1" there (and "lb" also "app.test")
     bed["app1"].spawn(ManagedProcess(...), argv, ...)   # a process inside that host
     bed["r1"].run("redis-cli", ...)       # a command inside it, waited for
     bed.cut("r1"); bed.heal("r1")         # take its link down / up again
@@ -10,7 +12,9 @@
 Each host is a namespace with one veth link to a bridge that lives in a
 namespace of its own (the "switch"), so nothing is added to the machine's own
 network: the 10.213.0.0/24 subnet exists only inside the bed, and its hosts
-can reach nothing but each other. Names carry the pid of the test process
+can reach nothing but each other. Each host resolves the others' names through
+its own hosts file (iproute2 bind-mounts /etc/netns/<namespace>/hosts over
+/etc/hosts for commands run with `ip netns exec`). Names carry the pid of the test process
 (``fkt<pid>x<n>-<host>``); NetBed.sweep() removes what a crashed run left
 behind (namespaces whose pid is gone). Needs root (CI runs the suite as root)
 and iproute2.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -30,6 +35,7 @@ from pathlib import Path
 from tests.support.processes import ManagedProcess, require_binary
 
 PREFIX = "fkt"
+NETNS_ETC = Path("/etc/netns")
 SUBNET = "10.213.0"
 SWITCH = "switch"
 _beds = itertools.count()
@@ -64,6 +70,7 @@ def _kill_inside(namespace: str) -> None:
 def _delete(namespace: str) -> None:
     _kill_inside(namespace)
     _ip("netns", "delete", namespace)
+    shutil.rmtree(NETNS_ETC / namespace, ignore_errors=True)
 
 
 @dataclass
@@ -102,12 +109,14 @@ class NetBed:
     processes: list[ManagedProcess] = field(default_factory=list)
 
     @classmethod
-    def create(cls, directory: Path, names: list[str]) -> NetBed:
+    def create(cls, directory: Path, names: list[str],
+               aliases: dict[str, list[str]] | None = None) -> NetBed:
         cls.sweep()
         bed = cls(directory, f"{PREFIX}{os.getpid()}x{next(_beds)}")
         directory.mkdir(parents=True, exist_ok=True)
         try:
             bed._build(names)
+            bed._write_hosts_files(aliases or {})
         except BaseException:
             bed.destroy()
             raise
@@ -135,6 +144,14 @@ class NetBed:
             _ip("-n", namespace, "addr", "add", f"{host.addr}/24", "dev", "eth0")
             _ip("-n", namespace, "link", "set", "eth0", "up")
             _ip("-n", namespace, "link", "set", "lo", "up")
+
+    def _write_hosts_files(self, aliases: dict[str, list[str]]) -> None:
+        lines = ["127.0.0.1 localhost", "::1 localhost"]
+        lines += [f"{h.addr} {' '.join([h.name, *aliases.get(h.name, [])])}"
+                  for h in self.hosts.values()]
+        for host in self.hosts.values():
+            (NETNS_ETC / host.namespace).mkdir(parents=True, exist_ok=True)
+            (NETNS_ETC / host.namespace / "hosts").write_text("\n".join(lines) + "\n")
 
     def cut(self, name: str) -> None:
         """Take a host's link down: a network partition, the process keeps running."""

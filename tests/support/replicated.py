@@ -4,6 +4,7 @@
     redis.url                                 # redis+sentinel://10.213.0.x:26380,.../mymaster/0
     redis.primary()                           # the host the sentinels name now
     app = AppHost(bed["app1"], directory, env).start()   # gunicorn on app1's address
+    lb = BalancerHost(bed["lb"], directory, upstreams=[...], ...).start()   # nginx in front
 
 Every Redis host runs redis-server with the service's settings
 (deploy/redis/service.conf) plus deploy/redis/replication.conf, and a
@@ -15,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.support.netns import Host, NetBed
+from tests.support.nginx import Nginx
 from tests.support.processes import (
     REDIS_CONF,
     ROOT,
@@ -163,3 +165,35 @@ class AppHost(Gunicorn):
         code = self.host.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
                              "-m", "2", self.url + "/healthz", check=False)
         return code == "200"
+
+
+class BalancerHost(Nginx):
+    """nginx rendered by deploy/nginx/render, listening on a bed host's
+    address (HTTP 80, HTTPS 443 for server_names[0], an alias of the host in
+    the bed's hosts files) in front of app hosts' address:port upstreams."""
+
+    def __init__(self, host: Host, directory: Path, **kwargs):
+        self.host = host
+        super().__init__(directory, listen=host.addr, **kwargs)
+        self.http_port, self.https_port = 80, 443
+
+    def base_url(self) -> str:
+        return f"https://{self.server_names[0]}"
+
+    def render(self) -> str:
+        # Inside the host: nginx -t binds the listen addresses.
+        return self.host.run(*self.render_command())
+
+    def start(self, timeout: float = 10) -> BalancerHost:
+        self.render()
+        self.host.spawn(self, [self.binary, "-p", str(self.prefix), "-c",
+                               str(self.conf_dir / "nginx.conf"), "-e", str(self.log_path),
+                               "-g", "daemon off;"])
+
+        def up():
+            return self.host.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                                 "--cacert", str(self.ca_file), "-m", "2",
+                                 self.base_url() + "/healthz", check=False) == "200"
+
+        self.wait_ready(up, timeout, f"nginx on {self.host.name}")
+        return self
