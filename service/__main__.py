@@ -22,6 +22,11 @@ def check(env_file: str | None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(settings.redacted(), indent=2))
+    if settings.redis_url and not settings.problems:
+        from .redis_client import eviction_warnings
+
+        for warning in eviction_warnings(settings):
+            print(f"Warning: {warning}", file=sys.stderr)
     problems = list(settings.problems)
     if not settings.production:
         problems.insert(
