@@ -22,6 +22,7 @@ from tests.support.processes import ROOT, base_env, wait_until
 from tests.support.replicated import (
     APP_PORT,
     REDIS_PORT,
+    SENTINEL_PORT,
     AppHost,
     BalancerHost,
     ReplicatedRedis,
@@ -91,6 +92,13 @@ def failure_window(records: list[dict], since: float) -> tuple[float, float, int
             len(failed))
 
 
+def connections_from(redis, host, apps, port=REDIS_PORT) -> dict[str, int]:
+    """Connections each app host holds to a server (CLIENT LIST there)."""
+    clients = redis.cli(host, "CLIENT", "LIST", port=port).splitlines()
+    peers = [line.split(" addr=")[1].split(":")[0] for line in clients]
+    return {app.host.name: peers.count(app.host.addr) for app in apps}
+
+
 def test_redis_primary_killed_under_load(bed, tmp_path):
     """SIGKILL of the primary: Sentinel promotes a replica; clients see 503
     with Retry-After only during the failover window, then 200 with the same
@@ -127,6 +135,13 @@ def test_redis_primary_killed_under_load(bed, tmp_path):
     # every such logout's session stays gone.
     assert result["lost"] == [] and result["resurrected"] == []
     assert result["live"] >= len(users) // 2 and result["logged_out"] > 20
+    # The pools stayed bounded across the failover: per app host (one
+    # worker) at most REDIS_MAX_CONNECTIONS (50) + 2 for /readyz.
+    held = connections_from(redis, new_primary, apps)
+    to_sentinels = connections_from(redis, bed["r2"], apps, port=SENTINEL_PORT)
+    assert all(0 < n <= 52 for n in held.values()), held
+    print(f"connections on the new primary per app host: {held}; on one sentinel: "
+          f"{to_sentinels}")
     print(f"acknowledged sessions checked: "
           f"{result['live']} live, {result['logged_out']} logged out, 0 lost; "
           f"new primary {new_primary.name}")
