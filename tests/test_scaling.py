@@ -43,7 +43,9 @@ def bed(tmp_path):
 
 def start_apps(bed, redis, tmp_path, names=("app1", "app2"), **env):
     hosts = ",".join([SITE, *(bed[n].addr for n in names)])
-    settings = {"ALLOWED_HOSTS": hosts, "REDIS_SOCKET_TIMEOUT": 1, "REDIS_POOL_TIMEOUT": 2}
+    # Every load comes from one client address: limits that do not get in the way.
+    settings = {"ALLOWED_HOSTS": hosts, "REDIS_SOCKET_TIMEOUT": 1, "REDIS_POOL_TIMEOUT": 2,
+                "AUTH_RATE_LIMIT": "100000 per minute", "LOGIN_FAILURE_LIMIT": "1000 per minute"}
     settings.update(env)
     # One secret for all hosts: any host can serve any session's CSRF token.
     shared = base_env(redis.url, **settings)
@@ -77,10 +79,20 @@ def register(bed, tmp_path, url: str, count: int, ca_file=None) -> list[list[str
     return users
 
 
-def sessions_plan(targets, users, tmp_path, duration) -> dict:
-    return {"mode": "sessions", "targets": targets, "users": users,
+def under_load(bed, tmp_path, targets, users, disrupt, *, after: float, duration: float,
+               ca_file=None) -> tuple[dict, float]:
+    """Sessions load from the client host (tests/support/loadclient.py);
+    disrupt() runs `after` seconds into it. The load's result and the wall
+    time of the disruption."""
+    plan = {"mode": "sessions", "targets": targets, "users": users,
             "duration": duration, "max_requests": 2000, "relogin_every": 6,
             "ready_file": str(tmp_path / "load.ready"), "verify_timeout": 60}
+    client = load(bed, tmp_path, plan, "sessions", background=True, ca_file=ca_file)
+    wait_until(lambda: (tmp_path / "load.ready").exists(), 30, "the load client")
+    time.sleep(after)
+    disrupted_at = time.time()
+    disrupt()
+    return finish(client), disrupted_at
 
 
 def failure_window(records: list[dict], since: float) -> tuple[float, float, int]:
@@ -104,16 +116,11 @@ def test_redis_primary_killed_under_load(bed, tmp_path):
     with Retry-After only during the failover window, then 200 with the same
     sessions; no WAIT-acknowledged login or logout is lost."""
     redis = ReplicatedRedis(bed, ["r1", "r2", "r3"]).start()
-    apps = start_apps(bed, redis, tmp_path, REDIS_WAIT_REPLICAS=1, REDIS_WAIT_TIMEOUT=0.5,
-                      AUTH_RATE_LIMIT="100000 per minute", LOGIN_FAILURE_LIMIT="1000 per minute")
+    apps = start_apps(bed, redis, tmp_path, REDIS_WAIT_REPLICAS=1, REDIS_WAIT_TIMEOUT=0.5)
     users = register(bed, tmp_path, apps[0].url, 8)
-    plan = sessions_plan([a.url for a in apps], users, tmp_path, duration=22)
-    client = load(bed, tmp_path, plan, "failover", background=True)
-    wait_until(lambda: (tmp_path / "load.ready").exists(), 30, "the load client")
-    time.sleep(4)
-    killed_at = time.time()
-    redis.servers["r1"].process.send_signal(signal.SIGKILL)
-    result = finish(client)
+    result, killed_at = under_load(
+        bed, tmp_path, [a.url for a in apps], users,
+        lambda: redis.servers["r1"].process.send_signal(signal.SIGKILL), after=4, duration=22)
 
     new_primary = redis.primary(bed["r2"])
     assert new_primary.name in ("r2", "r3")
@@ -210,16 +217,12 @@ def test_app_follows_a_switched_primary_without_errors(bed, tmp_path):
     (measured: 2-5 acknowledged logouts undone per run with
     REDIS_WAIT_REPLICAS=1). Waiting for every replica (2) loses none."""
     redis = ReplicatedRedis(bed, ["r1", "r2", "r3"]).start()
-    apps = start_apps(bed, redis, tmp_path, REDIS_WAIT_REPLICAS=2, REDIS_WAIT_TIMEOUT=0.5,
-                      AUTH_RATE_LIMIT="100000 per minute", LOGIN_FAILURE_LIMIT="1000 per minute")
+    apps = start_apps(bed, redis, tmp_path, REDIS_WAIT_REPLICAS=2, REDIS_WAIT_TIMEOUT=0.5)
     users = register(bed, tmp_path, apps[0].url, 6)
-    plan = sessions_plan([a.url for a in apps], users, tmp_path, duration=22)
-    client = load(bed, tmp_path, plan, "switch", background=True)
-    wait_until(lambda: (tmp_path / "load.ready").exists(), 30, "the load client")
-    time.sleep(3)
-    switched_at = time.time()
-    redis.cli(bed["r2"], "SENTINEL", "FAILOVER", "mymaster", port=26380, at=bed["r2"])
-    result = finish(client)
+    result, switched_at = under_load(
+        bed, tmp_path, [a.url for a in apps], users,
+        lambda: redis.cli(bed["r2"], "SENTINEL", "FAILOVER", "mymaster", port=SENTINEL_PORT),
+        after=3, duration=22)
 
     new_primary = redis.primary(bed["r2"])
     assert new_primary.name in ("r2", "r3")
@@ -265,9 +268,7 @@ def test_app_host_killed_under_load(bed, tmp_path):
     never sent twice); logged-in clients stay logged in."""
     redis = ReplicatedRedis(bed, ["r1", "r2", "r3"]).start()
     lb = bed["lb"]
-    apps = start_apps(bed, redis, tmp_path, FORWARDED_ALLOW_IPS=lb.addr, PROXY_HOPS=1,
-                      AUTH_RATE_LIMIT="100000 per minute",
-                      LOGIN_FAILURE_LIMIT="1000 per minute")
+    apps = start_apps(bed, redis, tmp_path, FORWARDED_ALLOW_IPS=lb.addr, PROXY_HOPS=1)
     ca = LocalCA(tmp_path / "ca")
     nginx = BalancerHost(lb, tmp_path / "nginx", upstream=[a.bind for a in apps],
                          certs=[ca.issue(SITE)], ca_file=ca.cert_path, server_names=(SITE,),
@@ -276,13 +277,10 @@ def test_app_host_killed_under_load(bed, tmp_path):
     nginx.start()
     assert [a.bind for a in apps] == [f"{bed[n].addr}:{APP_PORT}" for n in ("app1", "app2")]
     users = register(bed, tmp_path, nginx.base_url(), 8, ca_file=ca.cert_path)
-    plan = sessions_plan([nginx.base_url()], users, tmp_path, duration=12)
-    client = load(bed, tmp_path, plan, "appkill", background=True, ca_file=ca.cert_path)
-    wait_until(lambda: (tmp_path / "load.ready").exists(), 30, "the load client")
-    time.sleep(4)
-    killed_at = time.time()
-    os.killpg(apps[0].process.pid, signal.SIGKILL)
-    result = finish(client)
+    result, killed_at = under_load(
+        bed, tmp_path, [nginx.base_url()], users,
+        lambda: os.killpg(apps[0].process.pid, signal.SIGKILL), after=4, duration=12,
+        ca_file=ca.cert_path)
 
     records = result["records"]
     failed = [r for r in records if r["status"] not in (200, 204)]
