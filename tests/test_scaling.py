@@ -249,9 +249,12 @@ def test_app_follows_a_switched_primary_without_errors(bed, tmp_path):
 
 
 def test_login_limit_per_address_holds_across_app_hosts(bed, tmp_path):
+    """The per-address limit is counted in Redis, shared by both hosts; the
+    hosts trust X-Forwarded-For only from the load balancer, so a client
+    talking to them directly cannot claim other addresses."""
     redis = ReplicatedRedis(bed, ["r1", "r2", "r3"]).start()
     apps = start_apps(bed, redis, tmp_path, AUTH_RATE_LIMIT="4 per minute",
-                      LOGIN_FAILURE_LIMIT="1000 per minute")
+                      FORWARDED_ALLOW_IPS=bed["lb"].addr)
     users = register(bed, tmp_path, apps[0].url, 1)  # counts as one attempt, on app1
     result = load(bed, tmp_path, {"mode": "login_attempts", "targets": [a.url for a in apps],
                                   "username": users[0][0], "attempts": 8}, "attempts")

@@ -15,7 +15,8 @@ stay gone ("resurrected" otherwise).
 ``register``: register plan["users"] on targets[0]; the statuses.
 
 ``login_attempts``: plan["attempts"] wrong-password logins, alternating
-over targets; the statuses in order.
+over targets, each claiming another address in X-Forwarded-For; the statuses
+in order.
 """
 
 from __future__ import annotations
@@ -123,7 +124,8 @@ def run_login_attempts(plan: dict) -> dict:
     statuses = []
     for n in range(plan["attempts"]):
         target = plan["targets"][n % len(plan["targets"])]
-        client = ApiClient(target)
+        # A forged X-Forwarded-For must not buy a fresh budget.
+        client = ApiClient(target, forwarded_for=f"198.51.100.{n + 1}")
         statuses.append([target, client.login(plan["username"], "wrong password").status_code])
         client.close()
     return {"statuses": statuses}
