@@ -46,7 +46,14 @@ def drop(server: RedisServer, *patterns: str) -> None:
                 db.delete(*keys)
 
 
-def memory_per_item(server: RedisServer, count: int) -> tuple[float, float]:
+def key_memory(server: RedisServer, *patterns: str) -> int:
+    """MEMORY USAGE summed over the keys matching patterns (key, value, overhead)."""
+    with server.client() as db:
+        return sum(db.memory_usage(key, samples=0) or 0
+                   for pattern in patterns for key in db.scan_iter(pattern, count=1000))
+
+
+def memory_per_item(server: RedisServer, count: int) -> tuple[float, float, float, float]:
     env = base_env(server.url, AUTH_RATE_LIMIT="1000000 per minute",
                    LOGIN_FAILURE_LIMIT="1000000 per minute")
     app = create_app(Settings.from_env(env))
@@ -60,6 +67,7 @@ def memory_per_item(server: RedisServer, count: int) -> tuple[float, float]:
         assert response.status_code == 201, response.json
     drop(server, "session:*", "*ratelimit*")  # the registrations' anonymous sessions
     accounts = used_memory(server)
+    account_keys = key_memory(server, "user:*", "username:*")  # no session index yet
     for name in names:
         client = app.test_client()
         token = client.get("/api/csrf", headers={"User-Agent": USER_AGENT}).json["csrf_token"]
@@ -68,7 +76,8 @@ def memory_per_item(server: RedisServer, count: int) -> tuple[float, float]:
         assert response.status_code == 200, response.json
     drop(server, "*ratelimit*")
     sessions = used_memory(server)
-    return (accounts - before) / count, (sessions - accounts) / count
+    return ((accounts - before) / count, account_keys / count, (sessions - accounts) / count,
+            key_memory(server, "session:*", "user:*:sessions") / count)
 
 
 def hammer(clients: list[ApiClient], seconds: float) -> int:
@@ -122,11 +131,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(Path(tmp) / "redis").start()
         try:
-            per_account, per_session = memory_per_item(server, args.accounts)
-            print(f"Redis memory per account: {per_account:,.0f} bytes "
-                  f"(used_memory over {args.accounts} registrations)")
-            print(f"Redis memory per logged-in session: {per_session:,.0f} bytes "
-                  f"(over {args.accounts} logins, with the sessions index entry)")
+            account, account_keys, session, session_keys = memory_per_item(server, args.accounts)
+            print(f"Redis memory per account: {account:,.0f} bytes of used_memory, "
+                  f"{account_keys:,.0f} bytes of MEMORY USAGE (user:*, username:*), "
+                  f"over {args.accounts} registrations")
+            print(f"Redis memory per logged-in session: {session:,.0f} bytes of used_memory, "
+                  f"{session_keys:,.0f} bytes of MEMORY USAGE (session:*, user:*:sessions), "
+                  f"over {args.accounts} logins")
             print("\nconcurrent clients | requests | Redis connections held by the worker "
                   "(REDIS_MAX_CONNECTIONS=50 + 2 for /readyz)")
             for concurrency, requests, held in connections_under_load(
