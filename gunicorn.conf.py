@@ -1,33 +1,50 @@
 """gunicorn settings: gevent workers, binds, timeouts, hooks.
 
-Every value can be set from the environment (or .env). Order matters here:
-this file runs in the master *before* the workers patch the standard library,
-so it imports nothing but the standard library and service.config /
-service.bootguard, which are import-light on purpose. The app itself
+Every value comes from the environment (or .env), read and checked by
+service.config: a bad value stops the start with one line naming it. Order
+matters here: this file runs in the master *before* the workers patch the
+standard library, so it imports nothing but the standard library and
+service.config / service.bootguard, which are import-light on purpose
+(python-dotenv and the limits parser, no client library). The app itself
 (wsgi:app) is imported in each worker after gevent patched it; keep
 preload_app off, or ssl and client libraries load unpatched (gunicorn #2796).
+
+A reload (HUP) runs the code on disk: gunicorn executes this file again, and
+the master forgets the application's modules it imported (the settings, the
+boot guard, the worker class) before importing them again and before every
+fork, so no worker reuses an old version. What a HUP does not reload:
+deploy/README.md, "6. Deploying a new version without downtime".
 """
 
+import importlib
 import os
 import sys
 
-from service import bootguard
-from service.config import ConfigError, Settings, load_dotenv_file
+APP_PACKAGE = "service"
 
-load_dotenv_file()
+
+def forget_app_modules():
+    """Drop the application's modules from sys.modules (never libraries)."""
+    for name in [n for n in sys.modules if n.partition(".")[0] == APP_PACKAGE]:
+        del sys.modules[name]
+
+
+# gunicorn runs this file again on HUP, where `import` would return whatever
+# the master imported since its last fork (pre_fork forgets the rest).
+forget_app_modules()
+bootguard = importlib.import_module("service.bootguard")
+app_config = importlib.import_module("service.config")
+
+app_config.load_dotenv_file()
 try:
-    settings = Settings.from_env().require_valid()
-except ConfigError as exc:
+    settings = app_config.Settings.from_env().require_valid()
+except app_config.ConfigError as exc:
     sys.exit(str(exc))
 
 
-def env(name, default):
-    return os.environ.get(name) or default
-
-
 # -- Server socket
-bind = env("BIND", "127.0.0.1:8000").split(",")
-backlog = int(env("BACKLOG", 2048))
+bind = list(settings.bind)
+backlog = settings.backlog
 # A unix socket is created with this umask (gunicorn's default, 0, makes it
 # srwxrwxrwx): owner and group only, since peers on it are trusted for
 # X-Forwarded-For. nginx gets in through the group (deploy/README.md).
@@ -38,21 +55,21 @@ umask = 0o007
 # one worker per core is enough. service.worker.GeventWorker is gunicorn's
 # gevent worker that also closes idle keep-alive connections on shutdown, so
 # reloads and Ctrl-C do not wait out graceful_timeout.
-worker_class = env("WORKER_CLASS", "service.worker.GeventWorker")
-workers = int(env("WEB_CONCURRENCY", os.cpu_count() or 1))
-worker_connections = int(env("WORKER_CONNECTIONS", 1000))
+worker_class = settings.worker_class
+workers = settings.workers
+worker_connections = settings.worker_connections
 preload_app = False
-max_requests = int(env("MAX_REQUESTS", 10000))
-max_requests_jitter = int(env("MAX_REQUESTS_JITTER", 1000))
+max_requests = settings.max_requests
+max_requests_jitter = settings.max_requests_jitter
 if os.path.isdir("/dev/shm"):
     worker_tmp_dir = "/dev/shm"
 
 # -- Timeouts (seconds). For gevent workers `timeout` is a heartbeat: a
 # worker whose hub is blocked that long is killed and replaced.
-timeout = int(env("GUNICORN_TIMEOUT", 30))
-graceful_timeout = int(env("GRACEFUL_TIMEOUT", 30))
+timeout = settings.worker_timeout
+graceful_timeout = settings.graceful_timeout
 # Longer than nginx's upstream keepalive_timeout, so nginx closes first.
-keepalive = int(env("KEEPALIVE", 75))
+keepalive = settings.keepalive
 
 # -- Proxy trust: the same list the app uses (service.middleware.TrustedProxy).
 # Peers on a unix socket are always trusted by gunicorn.
@@ -63,11 +80,11 @@ forwarded_allow_ips = ",".join(settings.forwarded_allow_ips) if settings.proxy_h
 accesslog = None
 errorlog = "-"
 loglevel = settings.log_level.lower()
-proc_name = env("PROC_NAME", "service")
+proc_name = settings.proc_name
 
 # -- Control socket (gunicorn >= 25.1): off unless a path is given, so that
 # several instances on one machine do not fight over ~/.gunicorn/gunicorn.ctl.
-control_socket = env("GUNICORN_CONTROL_SOCKET", "")
+control_socket = settings.control_socket
 if control_socket:
     control_socket_mode = 0o600
 else:
@@ -79,6 +96,16 @@ def _is_gevent(worker):
         cls.__module__ == "gunicorn.workers.ggevent" and cls.__name__ == "GeventWorker"
         for cls in type(worker).__mro__
     )
+
+
+def pre_fork(server, worker):
+    # Runs in the master, the worker class loaded (gunicorn loads it after
+    # this file): forget it and the settings modules, so that every worker,
+    # also one replacing a crashed or recycled worker without a HUP, imports
+    # the whole app from disk, never half of it from the master's memory.
+    # (With preload_app the app object itself comes from the master: leave it.)
+    if not server.cfg.preload_app:
+        forget_app_modules()
 
 
 def post_fork(server, worker):
@@ -101,7 +128,7 @@ def post_worker_init(worker):
 def post_request(worker, req, environ, resp):
     # Yield to the hub once per request. Without it a keep-alive connection
     # whose next request is already buffered is served back to back while
-    # others wait (p99 of seconds, measured: shared/FIELD-NOTES.md);
+    # others wait (p99 of seconds: bench/workers.py, bench/README.md);
     # gevent.idle() lets every ready socket in first.
     if getattr(worker, "is_gevent", False):
         import gevent

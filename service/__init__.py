@@ -19,13 +19,14 @@ def create_app(settings: Settings | None = None):
         load_dotenv_file()
         settings = Settings.from_env()
     settings.require_valid()
-    _check_rate_limits(settings)
+
+    from flask import Flask
 
     from . import errors, extensions, middleware, redis_client, replication, security, sessions
     from .accounts import AccountStore, index_session
 
     middleware.configure_logging(settings)
-    app = errors.Flask(__name__)
+    app = Flask(__name__)
     app.config.update(
         SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=settings.max_content_length,
@@ -67,16 +68,3 @@ def create_app(settings: Settings | None = None):
 
     app.wsgi_app = middleware.wrap(app.wsgi_app, settings)
     return app
-
-
-def _check_rate_limits(settings: Settings) -> None:
-    from limits import parse_many
-
-    for name, value in (("AUTH_RATE_LIMIT", settings.auth_rate_limit),
-                        ("LOGIN_FAILURE_LIMIT", settings.login_failure_limit)):
-        try:
-            parse_many(value)
-        except ValueError:
-            raise ConfigError(
-                f"{name}={value!r} is not a rate limit; write e.g. '20 per minute'."
-            ) from None

@@ -11,18 +11,17 @@ import argparse
 import json
 import sys
 
-from .config import ConfigError, Settings, load_dotenv_file
+from .config import Settings, load_dotenv_file
 
 
-def check(env_file: str | None) -> int:
+def check(env_file: str | None, quiet: bool = False) -> int:
     load_dotenv_file(env_file)
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(settings.redacted(), indent=2))
-    if settings.redis_url and not settings.problems:
+    # The same checks as gunicorn.conf.py and create_app, gunicorn's settings included.
+    settings = Settings.from_env()
+    if not quiet:
+        print(json.dumps(settings.redacted(), indent=2))
+    if settings.redis_url and not settings.problems and not quiet:
+        # Asks Redis itself; not at every service start (--quiet).
         from .redis_client import eviction_warnings
 
         for warning in eviction_warnings(settings):
@@ -46,9 +45,11 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     check_parser = sub.add_parser("check", help="print the effective settings and check them")
     check_parser.add_argument("--env-file", help="dotenv file to load (default: ./.env)")
+    check_parser.add_argument("--quiet", action="store_true",
+                              help="print only the verdict, not the settings")
     args = parser.parse_args(argv)
     if args.command == "check":
-        return check(args.env_file)
+        return check(args.env_file, args.quiet)
     return 2
 
 

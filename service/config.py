@@ -1,13 +1,18 @@
 """Settings, read from the environment in one place.
 
-This module imports nothing beyond the standard library and python-dotenv, so
-``gunicorn.conf.py`` can use it in the master process before gevent patches
-anything.
+Every setting the kit reads is here, gunicorn's too: ``python -m service
+check``, ``gunicorn.conf.py`` and ``create_app`` run the same checks, and each
+bad value is one line naming the variable with an example.
+
+This module imports nothing beyond the standard library, python-dotenv and
+the limits parser (see ``_rate_limit``), so ``gunicorn.conf.py`` can use it in
+the master process before gevent patches anything.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -40,7 +45,12 @@ PLACEHOLDER_SECRETS = frozenset(
         "super-secret",
     )
 )
+# Words that mark a SECRET_KEY as a placeholder wherever they appear in it;
+# long enough never to turn up in a random secret.
+PLACEHOLDER_WORDS = ("changeme", "change-me", "change_me", "replace-me", "replace_me",
+                     "replace-with", "your-secret", "you-will-never-guess")
 
+DEFAULT_WORKER_CLASS = "service.worker.GeventWorker"
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
 SAMESITE_VALUES = ("Lax", "Strict")
 HOST_PREFIX = "__Host-"
@@ -59,15 +69,51 @@ def load_dotenv_file(path: str | os.PathLike | None = None) -> None:
     load_dotenv(path, override=False)
 
 
-def _get(environ, name: str, default: str | None = None) -> str | None:
-    value = environ.get(name)
+GENERATE_SECRET = 'python3 -c "import secrets; print(secrets.token_urlsafe(48))"'
+# What a value looks like when it was copied from documentation unfilled.
+TEMPLATE = re.compile(r"<[^<>]*>|\$\{[^}]*\}|\$\([^)]*\)|\.\.\.|\u2026")
+# How to fix variables whose default is no example.
+HINTS = {
+    "SECRET_KEY": f"generate one with: {GENERATE_SECRET}",
+    "REDIS_URL": "e.g. REDIS_URL=redis://127.0.0.1:6379/0",
+    "ALLOWED_HOSTS": "e.g. ALLOWED_HOSTS=example.com,www.example.com",
+}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class _Environ:
+    """The environment being read, and what was wrong with it: every bad value
+    is reported (one line each, naming the variable), none raises."""
+
+    def __init__(self, environ):
+        self.environ = environ
+        self.problems: list[str] = []
+        self.bad_names: set[str] = set()
+
+    def bad(self, name: str, problem: str, example=None) -> None:
+        hint = HINTS.get(name)
+        if hint is None and example not in (None, ""):
+            hint = f"e.g. {name}={example}"
+        self.problems.append(f"{problem}; {hint}." if hint else f"{problem}.")
+        self.bad_names.add(name)
+
+
+def _get(environ: _Environ, name: str, default: str | None = None, example=None) -> str | None:
+    value = environ.environ.get(name)
     if value is None or value.strip() == "":
         return default
-    return value.strip()
+    value = value.strip()
+    if TEMPLATE.search(value):
+        # Never echo the value: it may be a secret.
+        environ.bad(name, f"{name} is an unfilled template (it contains <...>, ${{...}}, "
+                          "$(...) or ...): replace the whole value",
+                    default if example is None else example)
+        return default
+    return value
 
 
-def _bool(environ, name: str, default: bool) -> bool:
-    raw = _get(environ, name)
+def _bool(environ: _Environ, name: str, default: bool) -> bool:
+    raw = _get(environ, name, example=str(default).lower())
     if raw is None:
         return default
     lowered = raw.lower()
@@ -75,27 +121,92 @@ def _bool(environ, name: str, default: bool) -> bool:
         return True
     if lowered in ("0", "false", "no", "off"):
         return False
-    raise ConfigError(f"{name}={raw!r} is not a boolean: use true or false.")
+    environ.bad(name, f"{name}={raw!r} is not a boolean: use true or false",
+                str(default).lower())
+    return default
 
 
-def _number(environ, name: str, default, kind=int, minimum=0):
-    raw = _get(environ, name)
+def _number(environ: _Environ, name: str, default, kind=int, minimum=0):
+    raw = _get(environ, name, example=default)
     if raw is None:
         return default
     try:
         value = kind(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number.") from None
+        what = "whole number" if _is_float(raw) else "number"
+        environ.bad(name, f"{name}={raw!r} is not a {what}", default)
+        return default
     if value < minimum:
-        raise ConfigError(f"{name}={raw!r} must be at least {minimum}.")
+        environ.bad(name, f"{name}={raw!r} must be at least {minimum}", default)
+        return default
     return value
 
 
-def _list(environ, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    raw = _get(environ, name)
+def _is_float(raw: str) -> bool:
+    try:
+        float(raw)
+    except ValueError:
+        return False
+    return True
+
+
+def _list(environ: _Environ, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = _get(environ, name, example=",".join(default))
     if raw is None:
         return default
     return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _choice(environ: _Environ, name: str, default: str, choices, normalize=str) -> str:
+    raw = _get(environ, name, default)
+    if normalize(raw) not in choices:
+        environ.bad(name, f"{name}={raw!r} must be one of {', '.join(choices)}", default)
+        return default
+    return normalize(raw)
+
+
+def _rate_limit(environ: _Environ, name: str, default: str) -> str:
+    raw = _get(environ, name, default)
+    # The gunicorn master checks this too, before gevent patches anything:
+    # limits imports no client library and keeps no socket or ssl object
+    # (service.bootguard checks both in every worker, and the test suite boots
+    # with this import in the master). It does import asyncio, which nothing
+    # here runs.
+    from limits import parse_many
+
+    try:
+        parse_many(raw)
+    except ValueError:
+        environ.bad(name, f"{name}={raw!r} is not a rate limit", default)
+        return default
+    return raw
+
+
+def _binds(environ: _Environ, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    binds = _list(environ, name, default)
+    bad = [b for b in binds if not _is_address(b)]
+    if bad:
+        environ.bad(name, f"{name}={','.join(bad)!r} is not host:port, unix:/path or fd://N",
+                    "127.0.0.1:8000 or BIND=unix:/run/flask-service/gunicorn.sock")
+        return default
+    return binds
+
+
+def _is_address(bind: str) -> bool:
+    """What gunicorn's parse_address accepts, checked without importing it."""
+    if bind.startswith("unix:"):
+        return len(bind) > len("unix:")
+    if bind.startswith("fd://"):
+        return bind[len("fd://"):].isdigit()
+    if bind.startswith("["):  # [::1]:8000
+        host, sep, rest = bind[1:].partition("]")
+        return bool(host and sep) and (rest == "" or rest[0] == ":" and _is_port(rest[1:]))
+    host, sep, port = bind.rpartition(":")
+    return _is_port(port) if sep else bool(bind)
+
+
+def _is_port(port: str) -> bool:
+    return port.isdigit() and int(port) <= 65535
 
 
 @dataclass(frozen=True)
@@ -123,26 +234,36 @@ class Settings:
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
     log_format: str = "text"
     log_level: str = "INFO"
+    # gunicorn (gunicorn.conf.py)
+    bind: tuple[str, ...] = ("127.0.0.1:8000",)
+    backlog: int = 2048
+    workers: int = 1
+    worker_class: str = DEFAULT_WORKER_CLASS
+    worker_connections: int = 1000
+    max_requests: int = 10000
+    max_requests_jitter: int = 1000
+    worker_timeout: int = 30
+    graceful_timeout: int = 30
+    keepalive: int = 75
+    proc_name: str = "service"
+    control_socket: str = ""
     problems: tuple[str, ...] = field(default=(), compare=False)
 
     @classmethod
     def from_env(cls, environ=None) -> Settings:
-        """Read the settings; raise ConfigError for values that cannot be parsed."""
-        environ = os.environ if environ is None else environ
-        env = (_get(environ, "APP_ENV", "production") or "").lower()
-        if env not in ENVIRONMENTS:
-            raise ConfigError(
-                f"APP_ENV={env!r} is not one of {', '.join(ENVIRONMENTS)}."
-            )
+        """Read and check the settings. Never raises: what is wrong is in
+        ``problems``, one line per problem (``require_valid`` raises them)."""
+        environ = _Environ(os.environ if environ is None else environ)
+        # Unknown: judge the rest as production, the strictest.
+        env = _choice(environ, "APP_ENV", "production", ENVIRONMENTS, str.lower)
         production = env == "production"
         # Outside production the service is reached over plain http://127.0.0.1,
         # where browsers drop Secure cookies, so the defaults differ.
         secure_default = production
         cookie_default = "__Host-session" if production else "session"
         hosts_default = () if production else ("localhost", "127.0.0.1")
-        log_format = (_get(environ, "LOG_FORMAT", "text") or "").lower()
-        if log_format not in ("text", "json"):
-            raise ConfigError(f"LOG_FORMAT={log_format!r} must be text or json.")
+        log_format = _choice(environ, "LOG_FORMAT", "text", ("text", "json"), str.lower)
+        log_level = _choice(environ, "LOG_LEVEL", "INFO", LOG_LEVELS, str.upper)
         samesite = (_get(environ, "SESSION_COOKIE_SAMESITE", "Lax") or "").capitalize()
 
         settings = cls(
@@ -164,15 +285,30 @@ class Settings:
                 environ, "SESSION_ABSOLUTE_TIMEOUT", 43200, minimum=1
             ),
             max_content_length=_number(environ, "MAX_CONTENT_LENGTH", 1024 * 1024, minimum=1024),
-            auth_rate_limit=_get(environ, "AUTH_RATE_LIMIT", "20 per minute"),
-            login_failure_limit=_get(environ, "LOGIN_FAILURE_LIMIT", "5 per 15 minutes"),
+            auth_rate_limit=_rate_limit(environ, "AUTH_RATE_LIMIT", "20 per minute"),
+            login_failure_limit=_rate_limit(environ, "LOGIN_FAILURE_LIMIT", "5 per 15 minutes"),
             allowed_hosts=_list(environ, "ALLOWED_HOSTS", hosts_default),
             proxy_hops=_number(environ, "PROXY_HOPS", 1, minimum=0),
             forwarded_allow_ips=_list(environ, "FORWARDED_ALLOW_IPS", ("127.0.0.1", "::1")),
             log_format=log_format,
-            log_level=(_get(environ, "LOG_LEVEL", "INFO") or "INFO").upper(),
+            log_level=log_level,
+            bind=_binds(environ, "BIND", ("127.0.0.1:8000",)),
+            backlog=_number(environ, "BACKLOG", 2048, minimum=1),
+            workers=_number(environ, "WEB_CONCURRENCY", os.cpu_count() or 1, minimum=1),
+            worker_class=_get(environ, "WORKER_CLASS", DEFAULT_WORKER_CLASS),
+            worker_connections=_number(environ, "WORKER_CONNECTIONS", 1000, minimum=1),
+            max_requests=_number(environ, "MAX_REQUESTS", 10000),
+            max_requests_jitter=_number(environ, "MAX_REQUESTS_JITTER", 1000),
+            # 0 turns gunicorn's worker heartbeat off.
+            worker_timeout=_number(environ, "GUNICORN_TIMEOUT", 30),
+            graceful_timeout=_number(environ, "GRACEFUL_TIMEOUT", 30),
+            keepalive=_number(environ, "KEEPALIVE", 75),
+            proc_name=_get(environ, "PROC_NAME", "service"),
+            control_socket=_get(environ, "GUNICORN_CONTROL_SOCKET", ""),
         )
-        return replace(settings, problems=tuple(_find_problems(settings)))
+        # One line per variable: a value already refused is not judged again.
+        later = [p for p in _find_problems(settings) if not p.startswith(tuple(environ.bad_names))]
+        return replace(settings, problems=tuple(environ.problems + later))
 
     @property
     def production(self) -> bool:
@@ -199,10 +335,11 @@ class Settings:
 
 def secret_problem(secret: str | None) -> str | None:
     """Why SECRET_KEY is unfit for production, or None."""
-    fix = 'generate one with: python3 -c "import secrets; print(secrets.token_urlsafe(48))"'
+    fix = f"generate one with: {GENERATE_SECRET}"
     if not secret:
         return f"SECRET_KEY is not set; {fix}"
-    if secret.lower() in PLACEHOLDER_SECRETS:
+    lowered = secret.lower()
+    if lowered in PLACEHOLDER_SECRETS or any(w in lowered for w in PLACEHOLDER_WORDS):
         return f"SECRET_KEY is a well-known placeholder; {fix}"
     if len(secret.encode()) < MIN_SECRET_BYTES:
         return (

@@ -7,10 +7,12 @@ becomes a 503 with ``Retry-After``; nothing leaks a traceback.
 
 from __future__ import annotations
 
-import flask
+import logging
+
 from flask import Request, current_app, json, render_template, request
+from flask.json.provider import DefaultJSONProvider
 from flask_wtf.csrf import CSRFError
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from werkzeug.exceptions import (
     BadRequest,
     Forbidden,
@@ -50,19 +52,53 @@ class StoreUnavailable(ServiceUnavailable):
     )
 
 
+class StoreFull(ServiceUnavailable):
+    error_code = "store_full"
+    description = (
+        "The data store (Redis) is full right now, so this request could not "
+        "store what it needed to; please retry later."
+    )
+
+
+class StrictJSONProvider(DefaultJSONProvider):
+    """Parsing as usual, but JSON nested deeper than Python's recursion limit
+    and strings with a lone surrogate (``"\\ud800"``: no UTF-8 text, so
+    Argon2 or Redis would fail on it) are invalid JSON: 400, not a
+    RecursionError or a UnicodeEncodeError deep in a view."""
+
+    def loads(self, s, **kwargs):
+        try:
+            value = super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
+        if _has_lone_surrogate(value):
+            raise ValueError("JSON string with a lone surrogate")
+        return value
+
+
+def _has_lone_surrogate(value) -> bool:
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode()
+                except UnicodeEncodeError:
+                    return True
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
+
+
 class JSONRequest(Request):
     def on_json_loading_failed(self, e):
         if e is None:  # wrong Content-Type: let Werkzeug answer 415
             return super().on_json_loading_failed(e)
         raise InvalidJSON()
-
-
-class Flask(flask.Flask):
-    def log_exception(self, exc_info) -> None:
-        # A Redis outage is logged once per request as a warning by
-        # handle_redis_error; a traceback per request would drown the log.
-        if not isinstance(exc_info[1], RedisError):
-            super().log_exception(exc_info)
 
 
 def wants_json() -> bool:
@@ -90,14 +126,12 @@ def error_response(exc: HTTPException):
     return response
 
 
-def handle_http_error(exc: HTTPException):
-    return error_response(exc)
-
-
 def handle_redis_error(exc: RedisError):
+    if isinstance(exc, OutOfMemoryError):  # maxmemory reached under noeviction
+        current_app.logger.warning("Redis is full: %s", exc)
+        return error_response(StoreFull(retry_after=RETRY_AFTER_SECONDS))
     current_app.logger.warning("Redis unavailable: %s: %s", type(exc).__name__, exc)
-    unavailable = StoreUnavailable(retry_after=RETRY_AFTER_SECONDS)
-    return error_response(unavailable)
+    return error_response(StoreUnavailable(retry_after=RETRY_AFTER_SECONDS))
 
 
 def handle_internal_error(exc: InternalServerError):
@@ -118,9 +152,20 @@ def handle_csrf_error(exc: CSRFError):
     return error_response(forbidden)
 
 
+def without_redis_tracebacks(record: logging.LogRecord) -> bool:
+    """Logging filter: drop Flask's traceback of a Redis error.
+
+    A Redis outage is logged once per request as a warning by
+    handle_redis_error; Flask's own ERROR with a traceback (``log_exception``,
+    for errors raised while the session is saved) would drown the log."""
+    return not (record.exc_info and isinstance(record.exc_info[1], RedisError))
+
+
 def init_app(app) -> None:
     app.request_class = JSONRequest
+    app.json = StrictJSONProvider(app)
+    app.logger.addFilter(without_redis_tracebacks)
     app.register_error_handler(CSRFError, handle_csrf_error)
-    app.register_error_handler(HTTPException, handle_http_error)
+    app.register_error_handler(HTTPException, error_response)
     app.register_error_handler(InternalServerError, handle_internal_error)
     app.register_error_handler(RedisError, handle_redis_error)

@@ -11,6 +11,7 @@ import time
 import uuid
 
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.wsgi import ClosingIterator
 
 from .config import Settings
 
@@ -91,21 +92,20 @@ class RequestLog:
             return start_response(status, headers, exc_info)
 
         def log():
+            duration_ms = (time.perf_counter() - started) * 1000
+            method = environ.get("REQUEST_METHOD", "-")
+            path = environ.get("PATH_INFO", "") or "/"
             status = status_holder[0].split(" ", 1)[0] if status_holder else "-"
+            remote_addr = environ.get("REMOTE_ADDR") or None
             access_log.info(
-                "%s %s %s %s %.1fms",
-                environ.get("REQUEST_METHOD", "-"),
-                environ.get("PATH_INFO", "") or "/",
-                status,
-                environ.get("REMOTE_ADDR") or "-",
-                (time.perf_counter() - started) * 1000,
+                "%s %s %s %s %.1fms", method, path, status, remote_addr or "-", duration_ms,
                 extra={
                     "request_id": request_id,
-                    "method": environ.get("REQUEST_METHOD", "-"),
-                    "path": environ.get("PATH_INFO", "") or "/",
+                    "method": method,
+                    "path": path,
                     "status": int(status) if status.isdigit() else None,
-                    "remote_addr": environ.get("REMOTE_ADDR") or None,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "remote_addr": remote_addr,
+                    "duration_ms": round(duration_ms, 2),
                 },
             )
 
@@ -114,25 +114,8 @@ class RequestLog:
         except BaseException:
             log()
             raise
-        return _ClosingIterator(body, log)
-
-
-class _ClosingIterator:
-    """Pass the body through; call ``on_close`` once the server closes it."""
-
-    def __init__(self, body, on_close):
-        self.body = body
-        self.on_close = on_close
-
-    def __iter__(self):
-        return iter(self.body)
-
-    def close(self):
-        try:
-            if hasattr(self.body, "close"):
-                self.body.close()
-        finally:
-            self.on_close()
+        # The line is written when the server closes the body: after the last byte.
+        return ClosingIterator(body, log)
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

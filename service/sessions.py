@@ -1,117 +1,74 @@
-"""Server-side sessions in Redis, on Flask-Session's interface.
+"""Flask's session interface over the Redis records of ``session_store``.
 
-Flask-Session 0.8 stores the whole session as one blob, falls back to
-``pickle.loads`` when decoding, rewrites the blob on every request and sends a
-deletion cookie without ``Secure``. This store keeps Flask-Session's interface
-and config names but changes what goes to Redis:
-
-* ``session:<id>`` is a hash: one field per session key (``d:<key>``, msgpack)
-  plus metadata (``m:created``). A save writes only the keys the request
-  changed, so concurrent requests of one session keep each other's writes to
-  different keys; the last write to the *same* key wins.
-* A session loaded from Redis is saved only while its key still exists (one Lua
-  script), so a request still in flight during logout cannot bring it back.
 * Loading is lazy: a request that never touches ``session`` costs no Redis
   round trip, sets no cookie and creates no key.
-* Anything that is not our own format is treated as no session. Nothing is
-  ever unpickled.
-* Idle timeout: the key's TTL, renewed on every request that reads the session.
-  Absolute timeout: counted from ``m:created``; the TTL never outlives it.
-* The cookie carries only the id and has no expiry; the server decides when the
-  session ends.
+* A save writes only the keys the request changed, so concurrent requests of
+  one session keep each other's writes to different keys; the last write to
+  the *same* key wins.
+* A session loaded from Redis is saved only while its record still exists, so
+  a request still in flight during logout cannot bring it back. The same holds
+  for rotation: the record moves to the new id at the save, only if it still
+  exists, and a logout holding the old id ends the new one too.
+* The cookie carries only the id and has no expiry; the server decides when
+  the session ends (the store's idle and absolute timeouts).
 """
 
 from __future__ import annotations
 
-import re
-import secrets
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import msgspec
 from flask import Flask, Request, Response
-from flask.sessions import SessionMixin
-from flask_session.redis import RedisSessionInterface
-from redis.exceptions import ResponseError
+from flask.sessions import SessionInterface, SessionMixin
+from redis.exceptions import OutOfMemoryError
 
 from .config import Settings
-
-DATA = "d:"
-CREATED = "m:created"
-SEEN = "m:seen"
-SID_BYTES = 32
-# secrets.token_urlsafe(32) gives 43 characters of the URL-safe alphabet.
-SID_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}")
-
-_encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder().decode
-
-# KEYS[1]: session key. ARGV: must_exist ('1'/'0'), ttl_ms, n_set, then n_set
-# field/value pairs, then the fields to delete. Returns 0 when the key had to
-# exist but is gone (logged out, revoked or expired meanwhile).
-SAVE_SCRIPT = """
-if ARGV[1] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
-end
-local n = tonumber(ARGV[3])
-if n > 0 then
-  redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + 2 * n))
-end
-if #ARGV > 3 + 2 * n then
-  redis.call('HDEL', KEYS[1], unpack(ARGV, 4 + 2 * n, #ARGV))
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
-
-# A request that only read the session: note when it was last seen and renew
-# the idle timeout, but never recreate a session that is gone.
-TOUCH_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'm:seen', ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
-
-
-class UnknownFormat(ValueError):
-    """The stored value was not written by this store."""
-
-
-@dataclass(frozen=True)
-class StoredSession:
-    created_ms: int
-    seen_ms: int
-    data: dict[str, Any]
+from .session_store import Record, SessionStore, now_ms
 
 
 class RedisSession(SessionMixin):
-    """A session whose data is fetched from Redis on first use."""
+    """A session whose data is fetched on first use, with ``load(sid)``."""
 
-    def __init__(self, store: RedisSessionStore, sid: str, stored: bool):
-        self.store = store
+    def __init__(self, sid: str, stored: bool, load: Callable[[str], Record | None],
+                 new_id: Callable[[], str]):
+        self._load = load
+        self._new_id = new_id
         self.sid = sid
+        # The id the request's cookie named, if it had the right shape.
+        self.cookie_sid = sid if stored else None
         # True while the session is believed to exist in Redis under sid.
         self.stored = stored
+        # Rotated: the record under this id moves to sid at the save.
+        self.moved_from: str | None = None
+        # Ids ended by this request (logout): deleted at the save.
+        self.ended_ids: set[str] = set()
+        # When the stored session was created (the absolute timeout counts from it).
         self.created_ms: int | None = None
+        self.accessed = False
+        # Set once a save raised: the error page's own pass does not try again.
+        self.save_failed = False
+        # Why loading failed (Redis unreachable): raised again on every later
+        # use, and the save does nothing, so a request waits for Redis once.
+        self.load_error: Exception | None = None
         self._data: dict[str, Any] | None = None if stored else {}
         self._dirty: set[str] = set()
         self._deleted: set[str] = set()
         self._rewrite_all = False
-        self.accessed = False
 
     def _items(self) -> dict[str, Any]:
         self.accessed = True
         if self._data is None:
-            found = self.store.peek(self.sid)
+            if self.load_error is not None:
+                raise self.load_error
+            try:
+                found = self._load(self.sid)
+            except Exception as exc:
+                self.load_error = exc
+                raise
             if found is None:
                 # Unknown, expired or foreign: start afresh under a new id so
                 # that nobody can choose the id of a future session.
-                self.sid = self.store.generate_sid()
+                self.sid = self._new_id()
                 self.stored = False
                 self._data = {}
             else:
@@ -146,7 +103,7 @@ class RedisSession(SessionMixin):
     # -- SessionMixin ------------------------------------------------------
     @property
     def modified(self) -> bool:
-        return bool(self._dirty or self._deleted or self._rewrite_all)
+        return bool(self._dirty or self._deleted or self._rewrite_all or self.moved_from)
 
     @modified.setter
     def modified(self, value: bool) -> None:
@@ -168,169 +125,143 @@ class RedisSession(SessionMixin):
     def permanent(self, value: bool) -> None:
         pass
 
-    # -- what save_session needs --------------------------------------------
+    # -- what the interface needs ------------------------------------------
     def changes(self) -> tuple[dict[str, Any], set[str]]:
+        """(values to write, keys to remove) for the next save."""
         data = self._data or {}
-        keys = set(data) if (self._rewrite_all or not self.stored) else self._dirty
+        everything = self._rewrite_all or (not self.stored and self.moved_from is None)
+        keys = set(data) if everything else self._dirty
         return {k: data[k] for k in keys if k in data}, set(self._deleted)
 
-    def mark_rotated(self, new_sid: str, restart_clock: bool) -> None:
+    def restart(self, new_sid: str) -> str | None:
+        """Become a new session under new_sid (its clock starts at the save),
+        keeping the data. Returns the id the session was stored under, if any."""
+        self._items()  # the data must be loaded before the old record goes
+        previous = self.sid if self.stored else None
         self.sid = new_sid
         self.stored = False
-        if restart_clock:
-            self.created_ms = None
+        self.moved_from = None
+        self.created_ms = None
         self._deleted.clear()
+        self._rewrite_all = True
+        return previous
+
+    def move_to(self, new_sid: str) -> None:
+        """Continue under new_sid: the record moves there at the save."""
+        self._items()
+        if self.stored:
+            self.moved_from, self.stored = self.sid, False
+        self.sid = new_sid
+
+    def end(self, new_sid: str) -> None:
+        """End every id this session is known by (at the save); what is
+        written afterwards starts a new session under new_sid."""
+        self.accessed = True
+        self.ended_ids.update(
+            i for i in (self.cookie_sid, self.moved_from, self.sid if self.stored else None) if i
+        )
+        self.sid, self.cookie_sid, self.stored, self.moved_from = new_sid, None, False, None
+        self.created_ms = None
+        self._data = {}
+        self._dirty.clear()
+        self._deleted.clear()
+        self._rewrite_all = False
+
+    def mark_stored(self, created_ms: int) -> None:
+        self.stored = True
+        self.moved_from = None
+        self.created_ms = created_ms
 
 
-class RedisSessionStore(RedisSessionInterface):
-    """Flask session interface; see the module docstring for the guarantees."""
+class RedisSessionInterface(SessionInterface):
+    """Flask's session interface; see the module docstring for the guarantees."""
 
-    session_class = RedisSession
-
-    def __init__(self, app: Flask, client, settings: Settings, key_prefix: str = "session:"):
-        super().__init__(app, client=client, key_prefix=key_prefix, sid_length=SID_BYTES)
-        # Flask-Session's serializer falls back to pickle: make sure no code
-        # path can reach it.
-        self.serializer = None
-        self.settings = settings
-        self.idle_ms = settings.session_idle_timeout * 1000
-        self.absolute_ms = settings.session_absolute_timeout * 1000
+    def __init__(self, store: SessionStore):
+        self.store = store
         # Called with the session once it is stored under a new id (created
         # or rotated); the accounts index sessions here, so that an index
         # entry never points at a key that does not exist yet.
-        self.on_new_id: list = []
-        self._save = client.register_script(SAVE_SCRIPT)
-        self._touch = client.register_script(TOUCH_SCRIPT)
+        self.on_new_id: list[Callable[[RedisSession], None]] = []
 
-    # -- ids and keys ------------------------------------------------------
-    def generate_sid(self) -> str:
-        return secrets.token_urlsafe(SID_BYTES)
-
-    def key(self, sid: str) -> str:
-        return self.key_prefix + sid
-
-    # -- storage ---------------------------------------------------------
-    def peek(self, sid: str) -> StoredSession | None:
-        """A live session as stored, without renewing its idle timeout."""
-        try:
-            raw = self.client.hgetall(self.key(sid))
-        except ResponseError:
-            # WRONGTYPE: something else wrote a plain string (a pickle, say)
-            # under a session key. Never decode it.
-            self.app.logger.warning("session key of foreign type ignored")
-            return None
-        if not raw:
-            return None
-        try:
-            found = self._decode(raw)
-        except UnknownFormat as exc:
-            self.app.logger.warning("session data in an unknown format ignored: %s", exc)
-            return None
-        if _now_ms() - found.created_ms >= self.absolute_ms:
-            self.client.delete(self.key(sid))
-            return None
-        return found
-
-    @staticmethod
-    def _decode(raw: dict[bytes, bytes]) -> StoredSession:
-        data = {}
-        meta = {}
-        try:
-            for field, value in raw.items():
-                name = field.decode()
-                if name in (CREATED, SEEN):
-                    meta[name] = int(value)
-                elif name.startswith(DATA):
-                    data[name[len(DATA):]] = _decode(value)
-                else:
-                    raise UnknownFormat(f"unexpected field {name[:40]!r}")
-        except (UnicodeDecodeError, ValueError, msgspec.DecodeError) as exc:
-            raise UnknownFormat(str(exc)) from None
-        if CREATED not in meta:
-            raise UnknownFormat("no creation time")
-        created = meta[CREATED]
-        return StoredSession(created, meta.get(SEEN, created), data)
-
-    def ttl_ms(self, session: RedisSession) -> int:
-        created = session.created_ms or _now_ms()
-        remaining = created + self.absolute_ms - _now_ms()
-        return max(1, min(self.idle_ms, remaining))
-
-    def write(self, session: RedisSession) -> bool:
-        """Write what the request changed; False if the session is gone."""
-        to_set, to_delete = session.changes()
-        now = _now_ms()
-        pairs: list[Any] = [SEEN, now]
-        if not session.stored:
-            session.created_ms = session.created_ms or now
-            pairs += [CREATED, session.created_ms]
-        for k, v in to_set.items():
-            pairs += [DATA + k, _encode(v)]
-        args = ["1" if session.stored else "0", self.ttl_ms(session), len(pairs) // 2]
-        args += pairs + [DATA + k for k in to_delete]
-        return bool(self._save(keys=[self.key(session.sid)], args=args))
-
-    def delete(self, sid: str) -> None:
-        self.client.delete(self.key(sid))
-
-    # -- Flask-Session's security API ------------------------------------------
-    def regenerate(self, session: RedisSession, restart_clock: bool = True) -> None:
-        """Move the session to a new id; the old id stops working at once.
-
-        restart_clock=False keeps the absolute timeout counting from the
-        session's original creation (a password change must not extend it)."""
-        dict(session)  # load the data before the old key goes
-        old_sid, was_stored = session.sid, session.stored
-        session.mark_rotated(self.generate_sid(), restart_clock)
-        session.modified = True
-        if was_stored:
-            self.delete(old_sid)
-
-    # -- Flask's SessionInterface ----------------------------------------------
     def open_session(self, app: Flask, request: Request) -> RedisSession:
         sid = request.cookies.get(self.get_cookie_name(app), "")
-        if SID_PATTERN.fullmatch(sid):
-            return self.session_class(self, sid, stored=True)
-        return self.session_class(self, self.generate_sid(), stored=False)
+        if self.store.is_id(sid):
+            return RedisSession(sid, True, self.store.peek, self.store.new_id)
+        return RedisSession(self.store.new_id(), False, self.store.peek, self.store.new_id)
+
+    def regenerate(self, session: RedisSession) -> None:
+        """Login: the session starts anew under a new id (its absolute
+        timeout too); the old id stops working at once."""
+        previous = session.restart(self.store.new_id())
+        if previous:
+            self.store.delete(previous)
+
+    def rotate(self, session: RedisSession) -> None:
+        """A new id for the same session (password change). Its record moves
+        at the save, only if it still exists (a logout meanwhile wins); the
+        absolute timeout keeps counting from the session's creation."""
+        session.move_to(self.store.new_id())
+
+    def end(self, session: RedisSession) -> None:
+        """Logout: the session's record is deleted at the save, with any
+        record a rotation in flight moved it to."""
+        session.end(self.store.new_id())
 
     def save_session(self, app: Flask, session: RedisSession, response: Response) -> None:
         if not session.accessed:
             return  # never touched: no Redis I/O, no cookie
         response.vary.add("Cookie")
-        if session.stored or session:
+        if session.load_error is not None:
+            return  # nothing was loaded, so nothing can have changed
+        if session.stored or session.ended_ids or session:
             # Personal data may be in this response: no cache may keep it.
             response.headers["Cache-Control"] = "no-store"
-        if getattr(session, "save_failed", False):
+        if session.save_failed:
             return  # a second pass while the error page is rendered
         try:
-            self._save_session(app, session, response)
+            self._save(app, session, response)
         except Exception:
             session.save_failed = True
             raise
 
-    def _save_session(self, app: Flask, session: RedisSession, response: Response) -> None:
+    def _save(self, app: Flask, session: RedisSession, response: Response) -> None:
+        for sid in session.ended_ids:
+            self.store.delete(sid)
         if not session:
-            if session.stored:
-                self.delete(session.sid)
+            if session.stored or session.moved_from:
+                self.store.delete(session.moved_from or session.sid)
+            if session.stored or session.moved_from or session.ended_ids:
                 self.delete_cookie(app, response)
             return
         if not session.modified:
             if session.stored:
-                self._touch(keys=[self.key(session.sid)], args=[_now_ms(), self.ttl_ms(session)])
+                self._touch(app, session)
             return
-        was_new = not session.stored
-        if not self.write(session):
+        created = session.created_ms or now_ms()
+        values, removed = session.changes()
+        if not self.store.write(session.sid, created, values, removed,
+                                must_exist=session.stored, moved_from=session.moved_from):
             # Logged out, revoked or expired while this request ran: write
             # nothing, not even a deletion cookie, which could land after a
             # newer login's cookie and delete that one.
             return
-        session.stored = True
+        was_new = not session.stored
+        session.mark_stored(created)
         if was_new:
             self.set_cookie(app, response, session.sid)
             for callback in self.on_new_id:
                 callback(session)
 
-    # -- cookies -----------------------------------------------------------
+    def _touch(self, app: Flask, session: RedisSession) -> None:
+        try:
+            self.store.touch(session.sid, session.created_ms)
+        except OutOfMemoryError as exc:
+            # Redis is full (maxmemory, noeviction): the request only read the
+            # session, so it still gets its answer; the idle timeout is not
+            # renewed this time.
+            app.logger.warning("Redis is full, session not touched: %s", exc)
+
+    # -- cookies: Path=/, no Domain, HttpOnly always (what a __Host- name needs)
     def _cookie_args(self, app: Flask) -> dict[str, Any]:
         return {
             "key": self.get_cookie_name(app),
@@ -346,24 +277,18 @@ class RedisSessionStore(RedisSessionInterface):
 
     def delete_cookie(self, app: Flask, response: Response) -> None:
         # Same attributes as when it was set: browsers ignore a deletion of a
-        # __Host- cookie that lacks Secure (Flask-Session's own bug).
+        # __Host- cookie that lacks Secure (Flask-Session 0.8's own bug).
         response.set_cookie(value="", expires=0, max_age=0, **self._cookie_args(app))
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 def init_app(app: Flask, client, settings: Settings) -> None:
+    # The three cookie settings the interface reads (get_cookie_name,
+    # get_cookie_secure, get_cookie_samesite); the rest is fixed above.
     app.config.update(
         SESSION_COOKIE_NAME=settings.session_cookie_name,
         SESSION_COOKIE_SECURE=settings.session_cookie_secure,
-        SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE=settings.session_cookie_samesite,
-        SESSION_COOKIE_PATH="/",
-        SESSION_COOKIE_DOMAIN=None,
-        PERMANENT_SESSION_LIFETIME=settings.session_idle_timeout,
-        SESSION_PERMANENT=False,
-        SESSION_REDIS=client,
     )
-    app.session_interface = RedisSessionStore(app, client, settings)
+    store = SessionStore(client, settings.session_idle_timeout, settings.session_absolute_timeout)
+    app.extensions["session_store"] = store
+    app.session_interface = RedisSessionInterface(store)

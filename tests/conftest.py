@@ -89,14 +89,16 @@ def account(api):
 def nginx_front(redis_server, tmp_path):
     """Start the production shape: gunicorn (APP_ENV=production) on a unix
     socket behind nginx with a throwaway CA's certificate for app.test.
+    ``gunicorn_options`` go to tests.support.processes.Gunicorn (app, root).
     Returns (nginx, gunicorn); both are stopped afterwards."""
     started = []
 
-    def start(host="app.test", **env_overrides):
+    def start(host="app.test", gunicorn_options=None, **env_overrides):
         ca = LocalCA(tmp_path / "ca")
         env = base_env(redis_server.url, APP_ENV="production", ALLOWED_HOSTS=host,
                        **env_overrides)
-        gunicorn = Gunicorn(tmp_path / "gunicorn", env, bind=f"unix:{tmp_path}/gunicorn.sock")
+        gunicorn = Gunicorn(tmp_path / "gunicorn", env, bind=f"unix:{tmp_path}/gunicorn.sock",
+                            **(gunicorn_options or {}))
         started.append(gunicorn.start())
         nginx = Nginx(tmp_path / "nginx", upstream=gunicorn.bind, certs=[ca.issue(host)],
                       ca_file=ca.cert_path, server_names=(host,))

@@ -1,6 +1,7 @@
 """Settings from the environment, and `python -m service check`."""
 
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -74,9 +75,9 @@ def test_development_allows_plain_http_cookies_but_needs_a_secret():
 
 def test_unparseable_values_name_the_variable():
     with pytest.raises(ConfigError, match="REDIS_RETRIES='many' is not a number"):
-        Settings.from_env({**PROD, "REDIS_RETRIES": "many"})
+        Settings.from_env({**PROD, "REDIS_RETRIES": "many"}).require_valid()
     with pytest.raises(ConfigError, match="APP_ENV='staging'"):
-        Settings.from_env({**PROD, "APP_ENV": "staging"})
+        Settings.from_env({**PROD, "APP_ENV": "staging"}).require_valid()
 
 
 def test_dotenv_never_overrides_the_environment(tmp_path):
@@ -120,10 +121,8 @@ def test_check_command_fails_and_explains_when_not_ready():
 
 
 def test_env_example_documents_every_variable_the_code_reads():
-    import re
-
     sources = [*ROOT.glob("service/*.py"), ROOT / "gunicorn.conf.py"]
-    pattern = re.compile(r'(?:_get|_number|_bool|_list)\(\s*environ,\s*"([A-Z_]+)"'
+    pattern = re.compile(r'\b_[a-z_]+\(\s*environ,\s*"([A-Z_]+)"'
                          r'|\benv\("([A-Z_]+)"|os\.environ\.get\("([A-Z_]+)"')
     read = {name for path in sources for match in pattern.findall(path.read_text())
             for name in match if name}
@@ -131,3 +130,104 @@ def test_env_example_documents_every_variable_the_code_reads():
     documented = set(re.findall(r"^#? ?([A-Z_]+)[=:]", (ROOT / ".env.example").read_text(),
                                 re.MULTILINE))
     assert read - documented == set()
+
+
+# One bad value of every kind the kit reads, gunicorn's settings included.
+BAD_VALUES = [
+    ("WEB_CONCURRENCY", "two"),
+    ("WORKER_CONNECTIONS", "0"),
+    ("BACKLOG", "lots"),
+    ("MAX_REQUESTS", "-1"),
+    ("MAX_REQUESTS_JITTER", "1.5"),
+    ("GUNICORN_TIMEOUT", "30s"),
+    ("GRACEFUL_TIMEOUT", "forever"),
+    ("KEEPALIVE", "75 seconds"),
+    ("BIND", "localhost:http"),
+    ("AUTH_RATE_LIMIT", "twenty a minute"),
+    ("LOGIN_FAILURE_LIMIT", "5 per fortnight"),
+    ("LOG_LEVEL", "loud"),
+    ("LOG_FORMAT", "xml"),
+    ("SESSION_COOKIE_SECURE", "maybe"),
+    ("REDIS_POOL_TIMEOUT", "soon"),
+    ("APP_ENV", "staging"),
+]
+
+
+@pytest.mark.parametrize("name, value", BAD_VALUES)
+def test_a_bad_value_is_one_line_naming_the_variable_with_an_example(name, value):
+    found = problems(**{name: value})
+    assert len(found) == 1, found
+    assert found[0].startswith(f"{name}={value!r} ")
+    assert f"; e.g. {name}=" in found[0]
+    assert "\n" not in found[0]
+
+
+@pytest.mark.parametrize("name, value", BAD_VALUES)
+def test_create_app_refuses_what_check_and_gunicorn_refuse(name, value):
+    from service import create_app
+
+    # The same validation: refused before the app touches Redis.
+    with pytest.raises(ConfigError, match=re.escape(f"{name}={value!r} ")):
+        create_app(Settings.from_env({**PROD, name: value}))
+
+
+def readme_secret_line():
+    """SECRET_KEY=... exactly as deploy/README.md tells operators to write it."""
+    text = (ROOT / "deploy" / "README.md").read_text()
+    lines = [line for line in text.splitlines() if line.startswith("SECRET_KEY=")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("secret", [
+    readme_secret_line().partition("=")[2],
+    "${SECRET_KEY}",
+    "$(openssl rand -base64 48)",
+    "Zq3...pasted-from-a-ticket-then-cut-short-8Hq2vXw",
+    "changeme-to-something-long-and-random-0123456789",
+])
+def test_template_secrets_are_refused(secret):
+    found = problems(SECRET_KEY=secret)
+    assert len(found) == 1, found
+    assert found[0].startswith("SECRET_KEY is ")
+    assert "python3 -c" in found[0]  # says how to make a real one
+    assert secret not in found[0]
+
+
+def test_template_values_are_refused_in_any_variable():
+    found = problems(REDIS_URL="redis://:<password>@127.0.0.1:6379/0",
+                     ALLOWED_HOSTS="${DOMAIN}")
+    assert len(found) == 2, found
+    assert found[0].startswith("REDIS_URL is an unfilled template")
+    assert "<password>" not in found[0]
+    assert found[1].startswith("ALLOWED_HOSTS is an unfilled template")
+
+
+def test_check_refuses_the_readme_secret_pasted_literally(tmp_path):
+    env_file = tmp_path / "env"
+    env_file.write_text("\n".join(
+        [f"{k}={v}" for k, v in PROD.items() if k != "SECRET_KEY"] + [readme_secret_line()]))
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "check", "--env-file", str(env_file)],
+        cwd=ROOT, check=False, capture_output=True, text=True,
+        env={"PATH": os.environ["PATH"], "DOTENV_PATH": os.devnull},
+    )
+    assert result.returncode == 1
+    assert "SECRET_KEY is an unfilled template" in result.stderr
+    assert "Production-ready" not in result.stderr
+    assert '"secret_key": null' in result.stdout
+
+
+@pytest.mark.parametrize("name, value", [("WEB_CONCURRENCY", "two"), ("BIND", "localhost:http"),
+                                         ("AUTH_RATE_LIMIT", "twenty a minute")])
+def test_check_exits_1_with_one_line_for_a_bad_value(name, value):
+    result = run_check({**PROD, name: value, "LOG_LEVEL": "loud"})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    header, *lines = result.stderr.strip().splitlines()
+    assert header == "Not production-ready:"
+    assert len(lines) == 2, lines  # every bad value at once, one line each
+    assert ("  - LOG_LEVEL='loud' must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL; "
+            "e.g. LOG_LEVEL=INFO.") in lines
+    [line] = [line for line in lines if line.startswith(f"  - {name}={value!r} ")]
+    assert f"; e.g. {name}=" in line

@@ -9,16 +9,18 @@ UNIT = ROOT / "deploy" / "systemd" / "flask-service.service"
 
 def test_gunicorn_unit_verifies_without_warnings(tmp_path):
     analyze = require_binary("systemd-analyze", "systemd")
-    # verify checks that ExecStart exists: point it at this checkout's gunicorn.
+    # verify checks that ExecStart(Pre) exists: point it at this checkout's venv.
     text = UNIT.read_text()
     assert "/srv/flask-service/venv/bin/gunicorn" in text
     unit = tmp_path / UNIT.name
-    unit.write_text(text.replace("/srv/flask-service/venv/bin/gunicorn", str(VENV_BIN / "gunicorn")))
+    unit.write_text(text.replace("/srv/flask-service/venv/bin/", f"{VENV_BIN}/"))
     result = subprocess.run([analyze, "verify", str(unit)], check=False, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     # Unknown or malformed settings are only warnings (exit 0): none allowed.
     assert result.stdout + result.stderr == ""
     for setting in ("ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes",
-                    "RuntimeDirectory=flask-service", "ExecReload=/bin/kill -s HUP $MAINPID"):
+                    "RuntimeDirectory=flask-service", "ExecReload=/bin/kill -s HUP $MAINPID",
+                    "ExecStartPre=/srv/flask-service/venv/bin/python -m service check --quiet",
+                    "ExecReload=/srv/flask-service/venv/bin/python -m service check --quiet"):
         assert setting in text

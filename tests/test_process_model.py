@@ -3,6 +3,7 @@ and refuses to start with an unsafe production configuration."""
 
 import subprocess
 
+import pytest
 import requests
 
 from tests.support.processes import base_env
@@ -64,3 +65,29 @@ def test_production_starts_with_a_strong_secret(redis_server, make_gunicorn):
     env = base_env(redis_server.url, APP_ENV="production", ALLOWED_HOSTS="localhost,127.0.0.1")
     server = make_gunicorn(env).start()
     assert requests.get(server.url + "/healthz", timeout=5).json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize("name, value, where", [
+    ("KEEPALIVE", "forever", "environment"),
+    ("AUTH_RATE_LIMIT", "twenty a minute", "environment"),
+    # gunicorn itself reads WEB_CONCURRENCY from the environment when it is
+    # imported, before gunicorn.conf.py (deploy/systemd runs `check` first for
+    # that); from .env only gunicorn.conf.py reads it.
+    ("WEB_CONCURRENCY", "two", "dotenv"),
+])
+def test_a_bad_setting_stops_gunicorn_with_one_line(redis_server, make_gunicorn, tmp_path,
+                                                    name, value, where):
+    env = base_env(redis_server.url)
+    if where == "dotenv":
+        env.pop(name, None)  # the environment would win over .env
+        (tmp_path / "env").write_text(f"{name}={value}\n")
+        env["DOTENV_PATH"] = str(tmp_path / "env")
+    else:
+        env[name] = value
+    server = make_gunicorn(env)
+    assert server.launch().wait(30) == 1
+    lines = server.stderr().strip().splitlines()
+    assert lines[0] == "Refusing to start (test configuration is not safe to run):"
+    assert len(lines) == 2, lines  # no traceback, no worker
+    assert lines[1].startswith(f"  - {name}={value!r} ")
+    assert f"; e.g. {name}=" in lines[1]

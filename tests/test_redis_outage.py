@@ -2,11 +2,13 @@
 everything recovers by itself (with the session intact) when Redis is back."""
 
 import re
+import signal
 import time
 
 import pytest
 import requests
 
+from tests.support.api import PASSWORD, ApiClient
 from tests.support.processes import Gunicorn, RedisServer, base_env, wait_until
 
 
@@ -70,3 +72,40 @@ def test_redis_outage_gives_503_and_recovers(outage):
     # LOG_FORMAT=text: one line per request, with its id.
     assert re.search(r"service\.access: GET /readyz 503 127\.0\.0\.1 [\d.]+ms request_id=\w{32}", log)
     assert "Redis unavailable: ConnectionError" in log
+
+
+@pytest.fixture
+def hung(tmp_path):
+    """Redis that accepts connections but never answers (SIGSTOP), timeout 1 s."""
+    redis_server = RedisServer(tmp_path / "redis").start()
+    server = Gunicorn(tmp_path / "gunicorn",
+                      base_env(redis_server.url, LOG_FORMAT="text", REDIS_SOCKET_TIMEOUT=1))
+    server.start()
+    yield redis_server, server
+    redis_server.process.send_signal(signal.SIGCONT)
+    server.stop()
+    redis_server.stop()
+
+
+def test_a_hung_redis_costs_one_timeout_and_one_warning_per_request(hung):
+    redis_server, server = hung
+    client = ApiClient(server.url)
+    client.register("hung-user", PASSWORD)
+    client.login("hung-user", PASSWORD)
+    cookies = {"session": client.sid}
+    client.close()
+    redis_server.process.send_signal(signal.SIGSTOP)
+
+    paths = ["/test/session", "/api/me", "/account"]
+    for path in paths:
+        r, elapsed = timed("GET", server.url + path, cookies=cookies)
+        assert r.status_code == 503, (path, r.text)
+        assert 0.9 < elapsed < 1.8, f"{path} took {elapsed:.2f}s"  # one 1 s timeout, not two
+
+    def logged():
+        return [line for line in server.stdout().splitlines() if " 503 " in line]
+
+    wait_until(lambda: len(logged()) == len(paths), 5, "the access log lines")
+    warnings = server.stdout().count("Redis unavailable: TimeoutError")
+    assert warnings == len(paths), server.stdout()
+    assert "Traceback" not in server.stdout()

@@ -1,10 +1,10 @@
 """Accounts and the server-side session lifecycle, shared by pages and API.
 
 What the session holds once logged in (all of it only in Redis):
-``uid``, ``auth_time``, ``handle`` (the public name of this session in the
-sessions list), ``login_ip``, ``user_agent``, ``account_number`` (the user's
-sensitive data shown on the account page), and Flask-WTF's ``csrf_token``
-secret.
+``uid``, ``epoch`` (the account's credential epoch at the password check),
+``auth_time``, ``handle`` (the public name of this session in the sessions
+list), ``login_ip``, ``user_agent``, ``account_number`` (the user's sensitive
+data shown on the account page), and Flask-WTF's ``csrf_token`` secret.
 """
 
 from __future__ import annotations
@@ -22,15 +22,16 @@ from .store import (
     User,
     UsernameTaken,
     ValidationFailed,
+    WrongPassword,
     normalize_username,
     password_problem,
     validate_credentials,
 )
 
 __all__ = [
-    "AccountStore", "User", "UsernameTaken", "ValidationFailed", "authenticate",
-    "change_password", "current_user", "delete_account", "end_session", "list_sessions",
-    "register", "revoke_other_sessions", "revoke_session", "start_session",
+    "AccountStore", "User", "UsernameTaken", "ValidationFailed", "WrongPassword",
+    "authenticate", "change_password", "current_user", "delete_account", "end_session",
+    "list_sessions", "register", "revoke_other_sessions", "revoke_session", "start_session",
 ]
 
 USER_AGENT_MAX = 200
@@ -43,15 +44,28 @@ def accounts() -> AccountStore:
 
 
 def _sessions():
+    """The Flask session interface (rotation)."""
     return current_app.session_interface
+
+
+def _records():
+    """The session records in Redis (listing and ending other sessions)."""
+    return current_app.extensions["session_store"]
 
 
 def current_user() -> User | None:
     """The logged-in user of this request, or None (cached per request)."""
     if "user" not in g:
-        g.user = accounts().get(session.get("uid"))
-        if g.user is None and "uid" in session:
-            session.clear()  # the account is gone: so is this session
+        user = accounts().get(session.get("uid"))
+        if user is None and "uid" in session:
+            _sessions().end(session)  # the account is gone: so is this session
+        elif user is not None and session.get("epoch", 0) != user.epoch:
+            # Opened with credentials changed since (a login in flight during
+            # a password change): refused, on every request. Not ended here:
+            # this may be the changing session's own request, racing the
+            # change that carries the session over to the new epoch.
+            user = None
+        g.user = user
     return g.user
 
 
@@ -92,6 +106,7 @@ def start_session(user: User) -> None:
     handle = secrets.token_urlsafe(12)
     session.update(
         uid=user.uid,
+        epoch=user.epoch,  # as read before the password was checked
         auth_time=int(time.time()),
         handle=handle,
         login_ip=request.remote_addr or "",
@@ -105,7 +120,7 @@ def end_session() -> None:
     """Log out: the session is deleted in Redis when this response is saved."""
     require_replicated()
     uid, handle = session.get("uid"), session.get("handle")
-    session.clear()
+    _sessions().end(session)
     if uid and handle:
         accounts().remove_session(uid, handle)
     g.user = None
@@ -116,16 +131,17 @@ def index_session(stored_session) -> None:
     uid, handle = stored_session.get("uid"), stored_session.get("handle")
     if uid and handle:
         accounts().add_session(uid, handle, stored_session.sid,
-                               _sessions().settings.session_absolute_timeout)
+                               current_app.extensions["settings"].session_absolute_timeout)
 
 
 def list_sessions(user: User) -> list[dict]:
-    store = _sessions()
+    store = _records()
     current = session.get("handle")
     found = []
     for handle, sid in accounts().session_ids(user.uid).items():
         stored = store.peek(sid)
-        if stored is None or stored.data.get("uid") != user.uid:
+        if (stored is None or stored.data.get("uid") != user.uid
+                or stored.data.get("epoch", 0) != user.epoch):
             continue
         found.append({
             "handle": handle,
@@ -148,7 +164,7 @@ def revoke_session(user: User, handle: str) -> bool:
     sid = accounts().session_ids(user.uid).get(handle)
     if sid is None:
         return False
-    _sessions().delete(sid)
+    _records().delete(sid)
     accounts().remove_session(user.uid, handle)
     return True
 
@@ -158,7 +174,7 @@ def revoke_other_sessions(user: User) -> int:
     current = session.get("handle")
     others = {h: s for h, s in accounts().session_ids(user.uid).items() if h != current}
     for handle, sid in others.items():
-        _sessions().delete(sid)
+        _records().delete(sid)
         accounts().remove_session(user.uid, handle)
     return len(others)
 
@@ -170,22 +186,22 @@ def change_password(user: User, current_password, new_password) -> None:
     if problems:
         raise ValidationFailed(problems)
     if not verify_password(user.password_hash, current_password):
-        raise PermissionError("current password is wrong")
-    accounts().set_password(user.uid, hash_password(new_password))
+        raise WrongPassword("current password is wrong")
+    session["epoch"] = accounts().set_password(user.uid, hash_password(new_password))
     revoke_other_sessions(user)
     # A new id for this session too; its CSRF secret carries over, so the
     # client's token keeps working (the API answers 204 with no new token),
     # and its absolute timeout still counts from login.
-    _sessions().regenerate(session, restart_clock=False)
+    _sessions().rotate(session)
 
 
 def delete_account(user: User, password) -> None:
     require_replicated()
     if not verify_password(user.password_hash, password):
-        raise PermissionError("password is wrong")
+        raise WrongPassword("password is wrong")
     for sid in accounts().session_ids(user.uid).values():
-        _sessions().delete(sid)
+        _records().delete(sid)
     accounts().drop_index(user.uid)
     accounts().delete(user)
-    session.clear()
+    _sessions().end(session)
     g.user = None

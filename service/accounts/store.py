@@ -1,6 +1,7 @@
 """Accounts and each user's index of live sessions, in Redis.
 
-    user:<uid>            hash: username, password (argon2id), created, account_number
+    user:<uid>            hash: username, password (argon2id), created, account_number,
+                          epoch (credential epoch: +1 with every password change)
     username:<name>       string: uid (the username index; SET NX makes names unique)
     user:<uid>:sessions   hash: public handle -> session id, one per live session
 
@@ -32,6 +33,10 @@ class UsernameTaken(Exception):
     pass
 
 
+class WrongPassword(Exception):
+    """The password given to confirm a change is not the account's."""
+
+
 @dataclass(frozen=True)
 class User:
     uid: str
@@ -39,6 +44,10 @@ class User:
     password_hash: str
     created: int
     account_number: str
+    # Sessions carry the epoch of the credentials they were opened with; a
+    # password change moves it on, which ends every session opened before,
+    # even by a login still in flight.
+    epoch: int = 0
 
 
 def normalize_username(raw) -> str:
@@ -68,9 +77,24 @@ def password_problem(password, field="password") -> dict[str, str]:
     return {}
 
 
+# KEYS[1]: username:<name>, KEYS[2]: user:<uid>. ARGV[1]: uid, then the
+# record's field/value pairs. One script: the account exists completely or
+# not at all, even when Redis refuses its write for want of memory (it
+# refuses a script's first growing write, before anything happened).
+CREATE_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[2], unpack(ARGV, 2))
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+
+
 class AccountStore:
     def __init__(self, client: Redis):
-        self.r = client
+        self.redis = client
+        self._create = client.register_script(CREATE_SCRIPT)
 
     # -- accounts --------------------------------------------------------
     def create(self, username: str, password_hash: str) -> User:
@@ -82,65 +106,65 @@ class AccountStore:
             created=int(time.time()),
             account_number=f"ACCT-{secrets.randbelow(10**12):012d}",
         )
-        self.r.hset(f"user:{uid}", mapping={
-            "username": user.username, "password": user.password_hash,
-            "created": user.created, "account_number": user.account_number,
-        })
-        # The record first, then the name: a crash in between leaves an
-        # unreachable record, never a name that points at nothing.
-        if not self.r.set(f"username:{username}", uid, nx=True):
-            self.r.delete(f"user:{uid}")
+        fields = {"username": user.username, "password": user.password_hash,
+                  "created": user.created, "account_number": user.account_number}
+        args = [uid, *(item for pair in fields.items() for item in pair)]
+        if not self._create(keys=[f"username:{username}", f"user:{uid}"], args=args):
             raise UsernameTaken(username)
         return user
 
     def get(self, uid: str | None) -> User | None:
         if not uid:
             return None
-        raw = self.r.hgetall(f"user:{uid}")
+        raw = self.redis.hgetall(f"user:{uid}")
         if not raw:
             return None
         data = {k.decode(): v.decode() for k, v in raw.items()}
         return User(uid, data["username"], data["password"], int(data["created"]),
-                    data["account_number"])
+                    data["account_number"], int(data.get("epoch", 0)))
 
     def find(self, username: str) -> User | None:
-        uid = self.r.get(f"username:{username}")
+        uid = self.redis.get(f"username:{username}")
         return self.get(uid.decode()) if uid else None
 
-    def set_password(self, uid: str, password_hash: str) -> None:
-        self.r.hset(f"user:{uid}", "password", password_hash)
+    def set_password(self, uid: str, password_hash: str) -> int:
+        """Store a new password hash; returns the new credential epoch."""
+        with self.redis.pipeline() as pipe:  # MULTI: both or neither
+            pipe.hset(f"user:{uid}", "password", password_hash)
+            pipe.hincrby(f"user:{uid}", "epoch", 1)
+            return pipe.execute()[1]
 
     def delete(self, user: User) -> None:
-        self.r.delete(f"user:{user.uid}", f"username:{user.username}")
+        self.redis.delete(f"user:{user.uid}", f"username:{user.username}")
 
     # -- the per-user session index ------------------------------------------
     def index_key(self, uid: str) -> str:
         return f"user:{uid}:sessions"
 
     def add_session(self, uid: str, handle: str, sid: str, ttl_seconds: int) -> None:
-        with self.r.pipeline() as pipe:
+        with self.redis.pipeline() as pipe:
             pipe.hset(self.index_key(uid), handle, sid)
             # The index never outlives the longest session it can list.
             pipe.expire(self.index_key(uid), ttl_seconds)
             pipe.execute()
 
     def remove_session(self, uid: str, handle: str) -> None:
-        self.r.hdel(self.index_key(uid), handle)
+        self.redis.hdel(self.index_key(uid), handle)
 
     def session_ids(self, uid: str) -> dict[str, str]:
         """handle -> session id of the user's live sessions (pruning dead ones)."""
-        raw = self.r.hgetall(self.index_key(uid))
+        raw = self.redis.hgetall(self.index_key(uid))
         entries = {h.decode(): s.decode() for h, s in raw.items()}
         if not entries:
             return {}
-        with self.r.pipeline(transaction=False) as pipe:
+        with self.redis.pipeline(transaction=False) as pipe:
             for sid in entries.values():
                 pipe.exists(f"session:{sid}")
             alive = pipe.execute()
         dead = [h for (h, _), ok in zip(entries.items(), alive) if not ok]
         if dead:
-            self.r.hdel(self.index_key(uid), *dead)
+            self.redis.hdel(self.index_key(uid), *dead)
         return {h: s for h, s in entries.items() if h not in dead}
 
     def drop_index(self, uid: str) -> None:
-        self.r.delete(self.index_key(uid))
+        self.redis.delete(self.index_key(uid))

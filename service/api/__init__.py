@@ -10,8 +10,8 @@ from flask import Blueprint, abort, request
 from flask_wtf.csrf import generate_csrf
 
 from .. import accounts
-from ..accounts import UsernameTaken, ValidationFailed
-from ..limits import auth_per_ip, failures_per_account, failures_per_user
+from ..accounts import UsernameTaken, ValidationFailed, WrongPassword
+from ..ratelimit import auth_per_ip, failures_per_account, failures_per_user
 from .errors import api_error
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -84,7 +84,7 @@ def change_password(user):
         accounts.change_password(user, body.get("current_password"), body.get("new_password"))
     except ValidationFailed as exc:
         return api_error(422, "validation_failed", "Some fields are not valid.", fields=exc.fields)
-    except PermissionError:
+    except WrongPassword:
         return api_error(401, "invalid_credentials", "The current password is wrong.")
     return "", 204
 
@@ -97,7 +97,7 @@ def delete_account(user):
     body = json_object()
     try:
         accounts.delete_account(user, body.get("password"))
-    except PermissionError:
+    except WrongPassword:
         return api_error(401, "invalid_credentials", "The password is wrong.")
     return "", 204, {"Clear-Site-Data": accounts.CLEAR_SITE_DATA}
 

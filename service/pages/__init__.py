@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 
 from .. import accounts
-from ..accounts import UsernameTaken, ValidationFailed
-from ..limits import auth_per_ip, failures_per_account, failures_per_user
+from ..accounts import UsernameTaken, ValidationFailed, WrongPassword
+from ..ratelimit import auth_per_ip, failures_per_account, failures_per_user
 from .forms import ConfirmForm, CredentialsForm, DeleteAccountForm, PasswordForm
 
 bp = Blueprint("pages", __name__)
@@ -100,11 +100,20 @@ def logout():
     return response
 
 
+def account_page(user, password_form=None, delete_form=None, status=200):
+    """The account page; a form given here shows its data and errors."""
+    if password_form is None:
+        password_form = PasswordForm()
+    if delete_form is None:
+        delete_form = DeleteAccountForm()
+    return render_template("account.html", user=user, password_form=password_form,
+                           delete_form=delete_form), status
+
+
 @bp.get("/account")
 @login_required
 def account(user):
-    return render_template("account.html", user=user, password_form=PasswordForm(),
-                           delete_form=DeleteAccountForm())
+    return account_page(user)
 
 
 @bp.post("/account/password")
@@ -119,14 +128,13 @@ def change_password(user):
             accounts.change_password(user, form.current_password.data, form.new_password.data)
         except ValidationFailed as exc:
             form.new_password.errors.extend(exc.fields.values())
-        except PermissionError:
+        except WrongPassword:
             form.current_password.errors.append("The current password is wrong.")
             status = 401
         else:
             flash("Password changed. Every other session was logged out.")
             return redirect(url_for("pages.account"))
-    return render_template("account.html", user=user, password_form=form,
-                           delete_form=DeleteAccountForm()), status
+    return account_page(user, password_form=form, status=status)
 
 
 @bp.post("/account/delete")
@@ -138,14 +146,12 @@ def delete_account(user):
     if form.validate_on_submit():
         try:
             accounts.delete_account(user, form.password.data)
-        except PermissionError:
+        except WrongPassword:
             form.password.errors.append("The password is wrong.")
-            return render_template("account.html", user=user, password_form=PasswordForm(),
-                                   delete_form=form), 401
+            return account_page(user, delete_form=form, status=401)
         headers = {"Clear-Site-Data": accounts.CLEAR_SITE_DATA}
         return render_template("deleted.html"), 200, headers
-    return render_template("account.html", user=user, password_form=PasswordForm(),
-                           delete_form=form), 422
+    return account_page(user, delete_form=form, status=422)
 
 
 @bp.get("/sessions")

@@ -177,10 +177,11 @@ def base_env(redis_url: str, **overrides) -> dict[str, str]:
 
 class Gunicorn(ManagedProcess):
     """gunicorn with the project's gunicorn.conf.py, on a free loopback port,
-    or on ``bind="unix:/path"`` (as behind nginx; then ``port`` is None)."""
+    or on ``bind="unix:/path"`` (as behind nginx; then ``port`` is None).
+    ``root``: the checkout to run (gunicorn.conf.py and the app), default this one."""
 
     def __init__(self, directory: Path, env: dict[str, str], app: str = "tests.support.testapp:app",
-                 extra_args: tuple[str, ...] = (), bind: str | None = None):
+                 extra_args: tuple[str, ...] = (), bind: str | None = None, root: Path = ROOT):
         self.binary = require_binary("gunicorn", "gunicorn (pip, requirements.txt)")
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -189,6 +190,7 @@ class Gunicorn(ManagedProcess):
         self.env = dict(env, BIND=self.bind)
         self.app = app
         self.extra_args = extra_args
+        self.root = root
         self.stdout_path = directory / "stdout.log"
         self.stderr_path = directory / "stderr.log"
         super().__init__("gunicorn", self.stderr_path)
@@ -199,8 +201,9 @@ class Gunicorn(ManagedProcess):
 
     def launch(self) -> subprocess.Popen:
         return self.spawn(
-            [self.binary, "--config", str(ROOT / "gunicorn.conf.py"), *self.extra_args, self.app],
-            stdout=self.stdout_path, stderr=self.stderr_path, cwd=ROOT, env=self.env,
+            [self.binary, "--config", str(self.root / "gunicorn.conf.py"), *self.extra_args,
+             self.app],
+            stdout=self.stdout_path, stderr=self.stderr_path, cwd=self.root, env=self.env,
         )
 
     def start(self, timeout: float = 20) -> Gunicorn:
