@@ -66,8 +66,8 @@ def _turn_into_unavailable(response, exc: RedisError) -> None:
     unavailable = handle_redis_error(exc)
     response.status_code = unavailable.status_code
     response.set_data(unavailable.get_data())
-    response.headers.remove("Set-Cookie")
-    response.headers.remove("Clear-Site-Data")
+    for name in ("Set-Cookie", "Clear-Site-Data", "Location"):  # Location: a form's redirect
+        response.headers.remove(name)
     for name in ("Content-Type", "Retry-After"):
         response.headers[name] = unavailable.headers[name]
 
