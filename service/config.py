@@ -229,6 +229,7 @@ class Settings:
     max_content_length: int = 1024 * 1024
     auth_rate_limit: str = "20 per minute"
     login_failure_limit: str = "5 per 15 minutes"
+    anonymous_session_limit: str = "30 per minute"
     allowed_hosts: tuple[str, ...] = ()
     proxy_hops: int = 1
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
@@ -287,6 +288,8 @@ class Settings:
             max_content_length=_number(environ, "MAX_CONTENT_LENGTH", 1024 * 1024, minimum=1024),
             auth_rate_limit=_rate_limit(environ, "AUTH_RATE_LIMIT", "20 per minute"),
             login_failure_limit=_rate_limit(environ, "LOGIN_FAILURE_LIMIT", "5 per 15 minutes"),
+            anonymous_session_limit=_rate_limit(environ, "ANONYMOUS_SESSION_LIMIT",
+                                                "30 per minute"),
             allowed_hosts=_list(environ, "ALLOWED_HOSTS", hosts_default),
             proxy_hops=_number(environ, "PROXY_HOPS", 1, minimum=0),
             forwarded_allow_ips=_list(environ, "FORWARDED_ALLOW_IPS", ("127.0.0.1", "::1")),

@@ -134,29 +134,6 @@ def sentinel_pool(url: SentinelURL, connect_timeout: float, **options) -> Sentin
                                 connection_class=PrimaryConnection, **auth, **options)
 
 
-def eviction_warnings(settings: Settings) -> list[str]:
-    """What ``python -m service check`` can see of Redis's eviction policy.
-
-    Accounts have no TTL and must never be evicted: an ``allkeys-*`` policy
-    deletes any key once maxmemory is reached. ``noeviction`` (writes fail,
-    503) is what the kit needs; ``volatile-*`` evicts only keys with a TTL
-    (sessions, rate-limit counters)."""
-    client = make_client(settings, max_connections=1, pool_timeout=PROBE_TIMEOUT,
-                         connect_timeout=1, socket_timeout=1, retries=0)
-    try:
-        policy = client.config_get("maxmemory-policy").get("maxmemory-policy", "")
-    except redis.RedisError as exc:
-        return [(f"could not read Redis's maxmemory-policy ({type(exc).__name__}); make sure "
-                "it is noeviction (or volatile-lru), never allkeys-*.")]
-    finally:
-        client.close()
-    if policy.startswith("allkeys-"):
-        return [(f"Redis maxmemory-policy is {policy}: once memory is full, Redis evicts any "
-                "key, accounts included. Set noeviction (writes then fail with 503) or "
-                "volatile-lru (evicts only sessions and rate-limit counters).")]
-    return []
-
-
 def init_app(app, settings: Settings) -> None:
     # create_app runs inside each worker after fork (preload_app is off), so
     # every worker owns its pools.

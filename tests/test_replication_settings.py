@@ -10,8 +10,7 @@ from limits._storage_scheme import parse_storage_uri
 from service import Settings, create_app
 from service.redis_url import parse_sentinel_url
 from tests.support.api import new_username
-from tests.support.processes import RedisServer, base_env
-from tests.test_config import run_check
+from tests.support.processes import base_env
 
 URL = "redis+sentinel://app:p%40ss@10.0.0.1:26379,sentinel-2:26380,[fd00::3]:26379/mymaster"
 
@@ -95,23 +94,3 @@ def test_without_wait_the_same_login_succeeds(make_app):
     assert response.status_code == 200
     assert "Set-Cookie" in response.headers
 
-
-@pytest.mark.parametrize(("policy", "warned"), [("allkeys-lru", True), ("noeviction", False),
-                                                 ("volatile-lru", False)])
-def test_check_warns_about_an_eviction_policy_that_drops_accounts(tmp_path, policy, warned):
-    server = RedisServer(tmp_path / "redis").start()
-    try:
-        with server.client() as client:
-            client.config_set("maxmemory-policy", policy)
-        result = run_check({"REDIS_URL": server.url, "SECRET_KEY": "x" * 8 + "abcdefghijklmnop"
-                            "qrstuvwxyz0123456789", "APP_ENV": "test"})
-    finally:
-        server.stop()
-    assert (f"Warning: Redis maxmemory-policy is {policy}" in result.stderr) == warned
-    assert "could not read" not in result.stderr
-
-
-def test_check_says_when_it_cannot_see_the_policy():
-    result = run_check({"REDIS_URL": "redis://127.0.0.1:1/0", "APP_ENV": "test",
-                        "SECRET_KEY": "abcdefghijklmnopqrstuvwxyz0123456789"})
-    assert "could not read Redis's maxmemory-policy (ConnectionError)" in result.stderr

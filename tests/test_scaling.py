@@ -276,7 +276,8 @@ def test_app_host_killed_under_load(bed, tmp_path):
     nginx = BalancerHost(lb, tmp_path / "nginx", upstream=[a.bind for a in apps],
                          certs=[ca.issue(SITE)], ca_file=ca.cert_path, server_names=(SITE,),
                          render_args=("--max-fails", "1", "--fail-timeout", "10s",
-                                      "--login-rate", "100r/s", "--login-burst", "1000"))
+                                      "--login-rate", "100r/s", "--login-burst", "1000",
+                                      "--app-rate", "1000r/s"))
     nginx.start()
     assert [a.bind for a in apps] == [f"{bed[n].addr}:{APP_PORT}" for n in ("app1", "app2")]
     users = register(bed, tmp_path, nginx.base_url(), 8, ca_file=ca.cert_path)
@@ -302,3 +303,19 @@ def test_app_host_killed_under_load(bed, tmp_path):
     assert result["lost"] == [] and result["resurrected"] == []
     served_by_app2 = apps[1].stdout().count("GET /api/me")
     assert served_by_app2 > len(after) // 2
+
+
+def test_check_reads_the_eviction_policy_through_the_sentinels(bed, tmp_path):
+    """`python -m service check` asks the primary the sentinels name."""
+    redis = ReplicatedRedis(bed, ["r1", "r2", "r3"]).start()
+    env = base_env(redis.url, APP_ENV="test")
+
+    def check() -> str:
+        result = subprocess.run(bed["client"].argv(sys.executable, "-m", "service", "check"),
+                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+                                check=False)
+        return result.stderr
+
+    assert "maxmemory-policy" not in check().replace("no maxmemory", "")
+    redis.cli(bed["r1"], "CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+    assert "Redis has maxmemory-policy allkeys-lru" in check()

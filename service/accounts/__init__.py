@@ -30,8 +30,9 @@ from .store import (
 
 __all__ = [
     "AccountStore", "User", "UsernameTaken", "ValidationFailed", "WrongPassword",
-    "authenticate", "change_password", "current_user", "delete_account", "end_session",
-    "list_sessions", "register", "revoke_other_sessions", "revoke_session", "start_session",
+    "authenticate", "change_password", "current_user", "delete_account", "describe_sessions",
+    "end_session", "end_sessions", "list_sessions", "register", "revoke_other_sessions",
+    "revoke_session", "start_session",
 ]
 
 USER_AGENT_MAX = 200
@@ -135,8 +136,14 @@ def index_session(stored_session) -> None:
 
 
 def list_sessions(user: User) -> list[dict]:
+    """The user's live sessions, this request's first."""
+    return describe_sessions(user, current=session.get("handle"))
+
+
+def describe_sessions(user: User, current: str | None = None) -> list[dict]:
+    """The user's live sessions (``current`` first, then the latest seen);
+    outside a request too (``flask sessions list``)."""
     store = _records()
-    current = session.get("handle")
     found = []
     for handle, sid in accounts().session_ids(user.uid).items():
         stored = store.peek(sid)
@@ -161,22 +168,24 @@ def revoke_session(user: User, handle: str) -> bool:
     if handle == session.get("handle"):
         end_session()
         return True
-    sid = accounts().session_ids(user.uid).get(handle)
-    if sid is None:
-        return False
-    _records().delete(sid)
-    accounts().remove_session(user.uid, handle)
-    return True
+    return end_sessions(user, only={handle}) == 1
 
 
 def revoke_other_sessions(user: User) -> int:
     require_replicated()
-    current = session.get("handle")
-    others = {h: s for h, s in accounts().session_ids(user.uid).items() if h != current}
-    for handle, sid in others.items():
+    return end_sessions(user, keep=session.get("handle"))
+
+
+def end_sessions(user: User, only=None, keep: str | None = None) -> int:
+    """End the user's sessions in Redis (those handles ``only``, all but
+    ``keep``); outside a request too (``flask sessions end``). How many
+    there were. This request's own session ends with end_session()."""
+    ended = {h: sid for h, sid in accounts().session_ids(user.uid).items()
+             if h != keep and (only is None or h in only)}
+    for handle, sid in ended.items():
         _records().delete(sid)
         accounts().remove_session(user.uid, handle)
-    return len(others)
+    return len(ended)
 
 
 def change_password(user: User, current_password, new_password) -> None:
