@@ -122,7 +122,7 @@ wait_any_child() {
 
 # start_private_redis DIR: a redis-server reachable only through DIR/redis.sock
 # (no TCP port, socket mode 700), with the service's settings
-# (deploy/redis/service.conf: AOF, fsync every second) and its AOF in DIR;
+# (deploy/redis/service.conf: AOF, fsync every second, noeviction) and its AOF in DIR;
 # exports REDIS_URL. scripts/run and scripts/stack use the same DIR, so they
 # share the data; when the other one already runs it, it is shared, not
 # started twice (two servers must never write one AOF), and it stops with

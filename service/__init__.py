@@ -38,7 +38,16 @@ def init_kit(app, settings: Settings | None = None):
 
     from flask import Blueprint
 
-    from . import errors, extensions, middleware, redis_client, security, sessions
+    from . import (
+        errors,
+        extensions,
+        middleware,
+        ratelimit,
+        redis_client,
+        replication,
+        security,
+        sessions,
+    )
 
     middleware.configure_logging(settings)
     app.config.update(
@@ -54,6 +63,8 @@ def init_kit(app, settings: Settings | None = None):
     redis_client.init_app(app, settings)
     client = app.extensions["redis"]
     sessions.init_app(app, client, settings)
+    app.session_interface.before_anonymous_record.append(ratelimit.anonymous_session_per_ip)
+    replication.init_app(app, settings)
     app.config.update(
         # The token is bound to the session's secret, which ends with the
         # session; the Referer check is off because the token, SameSite and

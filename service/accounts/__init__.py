@@ -16,6 +16,7 @@ from functools import wraps
 from flask import current_app, g, request, session
 
 from ..events import publish
+from ..replication import require_replicated
 from .passwords import hash_password, verify_password
 from .store import (
     AccountStore,
@@ -101,6 +102,7 @@ def authenticate(username, password) -> User | None:
 
 def start_session(user: User) -> None:
     """Log in: a new session id (the old one dies), fresh CSRF secret."""
+    require_replicated()
     _sessions().regenerate(session)
     session.clear()
     handle = secrets.token_urlsafe(12)
@@ -118,6 +120,7 @@ def start_session(user: User) -> None:
 
 def end_session() -> None:
     """Log out: the session is deleted in Redis when this response is saved."""
+    require_replicated()
     uid, handle = session.get("uid"), session.get("handle")
     _sessions().end(session)
     if uid and handle:
@@ -164,6 +167,7 @@ def describe_sessions(user: User, current: str | None = None) -> list[dict]:
 
 def revoke_session(user: User, handle: str) -> bool:
     """End one of the user's sessions by its handle; False if there is none."""
+    require_replicated()
     if handle == session.get("handle"):
         end_session()
         return True
@@ -171,6 +175,7 @@ def revoke_session(user: User, handle: str) -> bool:
 
 
 def revoke_other_sessions(user: User, reason: str = "revoked") -> int:
+    require_replicated()
     return end_sessions(user, keep=session.get("handle"), reason=reason)
 
 
@@ -192,6 +197,7 @@ def end_sessions(user: User, only=None, keep: str | None = None,
 
 def change_password(user: User, current_password, new_password) -> None:
     """New password; every other session ends and this one gets a new id."""
+    require_replicated()
     problems = password_problem(new_password, "new_password")
     if problems:
         raise ValidationFailed(problems)
@@ -206,6 +212,7 @@ def change_password(user: User, current_password, new_password) -> None:
 
 
 def delete_account(user: User, password) -> None:
+    require_replicated()
     if not verify_password(user.password_hash, password):
         raise WrongPassword("password is wrong")
     for sid in accounts().session_ids(user.uid).values():
