@@ -105,9 +105,11 @@ def register_accounts(app) -> None:
 def register_blueprints(app) -> None:
     """The kit's own features, one blueprint each."""
     from .api import bp as api_bp
+    from .events import bp as events_bp
     from .health import bp as health_bp
     from .pages import bp as pages_bp
 
     app.register_blueprint(health_bp)
     app.register_blueprint(pages_bp)
     app.register_blueprint(api_bp)
+    app.register_blueprint(events_bp)

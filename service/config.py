@@ -248,6 +248,11 @@ class Settings:
     keepalive: int = 75
     proc_name: str = "service"
     control_socket: str = ""
+    # live events (service/events/)
+    events_ping_interval: int = 25
+    events_max_connections: int = 500
+    events_max_per_address: int = 50
+    events_max_per_session: int = 10
     problems: tuple[str, ...] = field(default=(), compare=False)
 
     @classmethod
@@ -308,6 +313,10 @@ class Settings:
             keepalive=_number(environ, "KEEPALIVE", 75),
             proc_name=_get(environ, "PROC_NAME", "service"),
             control_socket=_get(environ, "GUNICORN_CONTROL_SOCKET", ""),
+            events_ping_interval=_number(environ, "EVENTS_PING_INTERVAL", 25, minimum=1),
+            events_max_connections=_number(environ, "EVENTS_MAX_CONNECTIONS", 500, minimum=1),
+            events_max_per_address=_number(environ, "EVENTS_MAX_PER_ADDRESS", 50, minimum=1),
+            events_max_per_session=_number(environ, "EVENTS_MAX_PER_SESSION", 10, minimum=1),
         )
         # One line per variable: a value already refused is not judged again.
         later = [p for p in _find_problems(settings) if not p.startswith(tuple(environ.bad_names))]
@@ -391,6 +400,12 @@ def _find_problems(s: Settings) -> list[str]:
     if s.session_absolute_timeout < s.session_idle_timeout:
         problems.append(
             "SESSION_ABSOLUTE_TIMEOUT must not be shorter than SESSION_IDLE_TIMEOUT."
+        )
+    if s.events_max_connections >= s.worker_connections:
+        problems.append(
+            f"EVENTS_MAX_CONNECTIONS={s.events_max_connections} must be below "
+            f"WORKER_CONNECTIONS={s.worker_connections}: every live-event WebSocket holds one "
+            "of a worker's connections, and requests need the rest."
         )
     if s.session_cookie_samesite not in SAMESITE_VALUES:
         problems.append(
