@@ -45,6 +45,7 @@ def init_kit(app, settings: Settings | None = None):
         middleware,
         ratelimit,
         redis_client,
+        replication,
         security,
         sessions,
         watchdog,
@@ -66,6 +67,7 @@ def init_kit(app, settings: Settings | None = None):
     client = app.extensions["redis"]
     sessions.init_app(app, client, settings)
     app.session_interface.before_anonymous_record.append(ratelimit.anonymous_session_per_ip)
+    replication.init_app(app, settings)
     app.config.update(
         # The token is bound to the session's secret, which ends with the
         # session; the Referer check is off because the token, SameSite and
@@ -107,9 +109,11 @@ def register_accounts(app) -> None:
 def register_blueprints(app) -> None:
     """The kit's own features, one blueprint each."""
     from .api import bp as api_bp
+    from .events import bp as events_bp
     from .health import bp as health_bp
     from .pages import bp as pages_bp
 
     app.register_blueprint(health_bp)
     app.register_blueprint(pages_bp)
     app.register_blueprint(api_bp)
+    app.register_blueprint(events_bp)

@@ -42,6 +42,22 @@ def check(env_file: str | None, quiet: bool = False) -> int:
 SAFE_EVICTION_POLICY = "noeviction"
 
 
+def _one_shot_client(settings: Settings):
+    """A client with 1 s timeouts; through the sentinels to the primary for
+    redis+sentinel:// (service/redis_client.py), which redis-py cannot open."""
+    import redis
+
+    from .redis_url import SENTINEL_SCHEME
+
+    if settings.redis_url.startswith(SENTINEL_SCHEME):
+        from .redis_client import make_client
+
+        return make_client(settings, max_connections=1, pool_timeout=1, connect_timeout=1,
+                           socket_timeout=1, retries=0)
+    return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1,
+                                decode_responses=True)
+
+
 def redis_memory_problems(settings: Settings) -> list[str]:
     """Ask the Redis at REDIS_URL (1 s timeouts) what it does when full: the
     problems found; what could not be checked is printed as a note."""
@@ -50,8 +66,7 @@ def redis_memory_problems(settings: Settings) -> list[str]:
     import redis
 
     try:
-        with redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1,
-                                  socket_timeout=1, decode_responses=True) as client:
+        with _one_shot_client(settings) as client:
             config = client.config_get("maxmemory*")
     except (redis.RedisError, ValueError) as exc:  # ValueError: a URL redis-py cannot open
         print(f"note: could not check Redis' maxmemory-policy ({type(exc).__name__}: {exc}); "

@@ -17,6 +17,8 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from .redis_url import SENTINEL_SCHEME, parse_sentinel_url
+
 ENVIRONMENTS = ("development", "production", "test")
 MIN_SECRET_BYTES = 32
 
@@ -50,7 +52,7 @@ PLACEHOLDER_WORDS = ("changeme", "change-me", "change_me", "replace-me", "replac
                      "replace-with", "your-secret", "you-will-never-guess")
 
 DEFAULT_WORKER_CLASS = "service.worker.GeventWorker"
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
 SAMESITE_VALUES = ("Lax", "Strict")
 HOST_PREFIX = "__Host-"
 
@@ -218,6 +220,8 @@ class Settings:
     redis_connect_timeout: float = 1.0
     redis_socket_timeout: float = 2.0
     redis_retries: int = 2
+    redis_wait_replicas: int = 0
+    redis_wait_timeout: float = 1.0
     session_cookie_name: str = "__Host-session"
     session_cookie_secure: bool = True
     session_cookie_samesite: str = "Lax"
@@ -249,6 +253,11 @@ class Settings:
     metrics_bind: str = ""
     metrics_allow_public: bool = False
     blocked_hub_threshold: float = 0.0
+    # live events (service/events/)
+    events_ping_interval: int = 25
+    events_max_connections: int = 500
+    events_max_per_address: int = 50
+    events_max_per_session: int = 10
     problems: tuple[str, ...] = field(default=(), compare=False)
 
     @classmethod
@@ -277,6 +286,8 @@ class Settings:
             redis_connect_timeout=_number(environ, "REDIS_CONNECT_TIMEOUT", 1.0, float, 0.05),
             redis_socket_timeout=_number(environ, "REDIS_SOCKET_TIMEOUT", 2.0, float, 0.05),
             redis_retries=_number(environ, "REDIS_RETRIES", 2, minimum=0),
+            redis_wait_replicas=_number(environ, "REDIS_WAIT_REPLICAS", 0, minimum=0),
+            redis_wait_timeout=_number(environ, "REDIS_WAIT_TIMEOUT", 1.0, float, 0.01),
             session_cookie_name=_get(environ, "SESSION_COOKIE_NAME", cookie_default),
             session_cookie_secure=_bool(environ, "SESSION_COOKIE_SECURE", secure_default),
             session_cookie_samesite=samesite,
@@ -311,6 +322,10 @@ class Settings:
             metrics_allow_public=_bool(environ, "METRICS_ALLOW_PUBLIC", False),
             blocked_hub_threshold=_number(environ, "BLOCKED_HUB_THRESHOLD",
                                           0.2 if production else 0.0, float),
+            events_ping_interval=_number(environ, "EVENTS_PING_INTERVAL", 25, minimum=1),
+            events_max_connections=_number(environ, "EVENTS_MAX_CONNECTIONS", 500, minimum=1),
+            events_max_per_address=_number(environ, "EVENTS_MAX_PER_ADDRESS", 50, minimum=1),
+            events_max_per_session=_number(environ, "EVENTS_MAX_PER_SESSION", 10, minimum=1),
         )
         # One line per variable: a value already refused is not judged again.
         later = [p for p in _find_problems(settings) if not p.startswith(tuple(environ.bad_names))]
@@ -378,9 +393,28 @@ def _find_problems(s: Settings) -> list[str]:
             f"REDIS_URL must start with one of {', '.join(REDIS_SCHEMES)}, "
             f"got {redact_url(s.redis_url)!r}."
         )
+    elif s.redis_url.startswith(SENTINEL_SCHEME):
+        try:
+            parse_sentinel_url(s.redis_url)
+        except ValueError as exc:
+            problems.append(
+                f"REDIS_URL {redact_url(s.redis_url)!r}: {exc}; write "
+                "redis+sentinel://[user:password@]host:26379,host:26379/mymaster/0."
+            )
+    if s.redis_wait_replicas and s.redis_wait_timeout >= s.redis_socket_timeout:
+        problems.append(
+            "REDIS_WAIT_TIMEOUT must be shorter than REDIS_SOCKET_TIMEOUT: WAIT holds the "
+            "connection that long before Redis answers."
+        )
     if s.session_absolute_timeout < s.session_idle_timeout:
         problems.append(
             "SESSION_ABSOLUTE_TIMEOUT must not be shorter than SESSION_IDLE_TIMEOUT."
+        )
+    if s.events_max_connections >= s.worker_connections:
+        problems.append(
+            f"EVENTS_MAX_CONNECTIONS={s.events_max_connections} must be below "
+            f"WORKER_CONNECTIONS={s.worker_connections}: every live-event WebSocket holds one "
+            "of a worker's connections, and requests need the rest."
         )
     if s.session_cookie_samesite not in SAMESITE_VALUES:
         problems.append(

@@ -140,10 +140,6 @@ class Peak:
     def see(self, value: int) -> None:
         self.value = max(self.value, value)
 
-    def publish(self) -> None:
-        self.gauge.set(self.value)
-        self.value = self.now()
-
 
 PUBLISH_SECONDS = 1.0
 _peaks: list = []  # weak references to every Peak
@@ -153,12 +149,22 @@ _publisher: list = []  # the publishing thread (a greenlet under gevent), once s
 def _publish_peaks() -> None:
     while True:
         time.sleep(PUBLISH_SECONDS)
+        live = []
         for ref in list(_peaks):
             peak = ref()
-            if peak is None:  # its pool was reset or dropped
+            if peak is None:  # its pool was reset and collected
                 _peaks.remove(ref)
             else:
-                peak.publish()
+                live.append(peak)
+        # A pool reset leaves its old queue (and Peak) until the garbage
+        # collector takes it: of several Peaks of one gauge, the largest wins.
+        largest: dict = {}
+        for peak in live:
+            largest[peak.gauge] = max(largest.get(peak.gauge, 0), peak.value)
+        for gauge, value in largest.items():
+            gauge.set(value)
+        for peak in live:
+            peak.value = peak.now()
 
 
 def record_route() -> None:

@@ -149,7 +149,10 @@ def test_a_real_prometheus_sees_requests_latency_and_the_redis_pool(
     assert prom.scalar('sum(service_redis_pool_max_connections{pool="main"})') == 100
     peak = prom.scalar('max_over_time(sum(service_redis_pool_connections_in_use'
                        '{pool="main"})[1m:1s])')
-    assert 3 <= peak <= 5, peak
+    # Per worker, the most in use at once each second, added up: at least two
+    # of the five holds overlapped in time (how many depends on how the
+    # machine scheduled the client threads), never more than five.
+    assert 2 <= peak <= 5, peak
     wait_until(lambda: prom.scalar('sum(service_redis_pool_connections_in_use{pool="main"})') == 0,
                10, "the connections back in the pool")
     # The alert rules evaluate against these real series without errors.

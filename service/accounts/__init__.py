@@ -16,6 +16,8 @@ from functools import wraps
 from flask import current_app, g, request, session
 
 from .. import metrics
+from ..events import publish
+from ..replication import require_replicated
 from .passwords import hash_password, verify_password
 from .store import (
     AccountStore,
@@ -102,6 +104,7 @@ def authenticate(username, password) -> User | None:
 
 def start_session(user: User) -> None:
     """Log in: a new session id (the old one dies), fresh CSRF secret."""
+    require_replicated()
     _sessions().regenerate(session)
     session.clear()
     handle = secrets.token_urlsafe(12)
@@ -119,11 +122,13 @@ def start_session(user: User) -> None:
 
 def end_session() -> None:
     """Log out: the session is deleted in Redis when this response is saved."""
+    require_replicated()
     uid, handle = session.get("uid"), session.get("handle")
     _sessions().end(session)
     if uid and handle:
         accounts().remove_session(uid, handle)
         metrics.session_event("logged_out")
+        publish("session_ended", uid, handles=[handle], reason="logout")
     g.user = None
 
 
@@ -133,6 +138,7 @@ def index_session(stored_session) -> None:
     if uid and handle:
         accounts().add_session(uid, handle, stored_session.sid,
                                current_app.extensions["settings"].session_absolute_timeout)
+        publish("sessions_changed", uid)  # the other sessions' pages list it
 
 
 def list_sessions(user: User) -> list[dict]:
@@ -164,38 +170,45 @@ def describe_sessions(user: User, current: str | None = None) -> list[dict]:
 
 def revoke_session(user: User, handle: str) -> bool:
     """End one of the user's sessions by its handle; False if there is none."""
+    require_replicated()
     if handle == session.get("handle"):
         end_session()
         return True
     return end_sessions(user, only={handle}) == 1
 
 
-def revoke_other_sessions(user: User) -> int:
-    return end_sessions(user, keep=session.get("handle"))
+def revoke_other_sessions(user: User, reason: str = "revoked") -> int:
+    require_replicated()
+    return end_sessions(user, keep=session.get("handle"), reason=reason)
 
 
-def end_sessions(user: User, only=None, keep: str | None = None) -> int:
+def end_sessions(user: User, only=None, keep: str | None = None,
+                 reason: str = "revoked") -> int:
     """End the user's sessions in Redis (those handles ``only``, all but
     ``keep``); outside a request too (``flask sessions end``). How many
-    there were. This request's own session ends with end_session()."""
+    there were. This request's own session ends with end_session(). Their
+    live-event sockets hear why (service/events)."""
     ended = {h: sid for h, sid in accounts().session_ids(user.uid).items()
              if h != keep and (only is None or h in only)}
     for handle, sid in ended.items():
         _records().delete(sid)
         accounts().remove_session(user.uid, handle)
     metrics.session_event("revoked", len(ended))
+    if ended:
+        publish("session_ended", user.uid, handles=list(ended), reason=reason)
     return len(ended)
 
 
 def change_password(user: User, current_password, new_password) -> None:
     """New password; every other session ends and this one gets a new id."""
+    require_replicated()
     problems = password_problem(new_password, "new_password")
     if problems:
         raise ValidationFailed(problems)
     if not verify_password(user.password_hash, current_password):
         raise WrongPassword("current password is wrong")
     session["epoch"] = accounts().set_password(user.uid, hash_password(new_password))
-    revoke_other_sessions(user)
+    revoke_other_sessions(user, reason="password")
     # A new id for this session too; its CSRF secret carries over, so the
     # client's token keeps working (the API answers 204 with no new token),
     # and its absolute timeout still counts from login.
@@ -203,6 +216,7 @@ def change_password(user: User, current_password, new_password) -> None:
 
 
 def delete_account(user: User, password) -> None:
+    require_replicated()
     if not verify_password(user.password_hash, password):
         raise WrongPassword("password is wrong")
     sids = accounts().session_ids(user.uid).values()
@@ -212,4 +226,5 @@ def delete_account(user: User, password) -> None:
     accounts().drop_index(user.uid)
     accounts().delete(user)
     _sessions().end(session)
+    publish("session_ended", user.uid, reason="deleted")  # every session
     g.user = None
