@@ -28,10 +28,12 @@ log = logging.getLogger("service.watchdog")
 class Watchdog:
     def __init__(self, hub, threshold: float):
         self.threshold = threshold
+        self.hub = hub
         self.reports: deque = deque(maxlen=100)
-        # The greenlet of the episode being reported: gevent reports again
-        # every threshold while the block lasts; one line per episode.
-        self.blocking = None
+        # gevent reports again every threshold while a block lasts: one line
+        # per blocked request (and per episode outside requests).
+        self.blocking = None  # the greenlet of the episode being reported
+        self.last_request_id = None
         self.wakeup = hub.loop.async_()
         self.wakeup.ref = False  # never what keeps a worker's loop running
         self.wakeup.start(self.flush)
@@ -42,16 +44,21 @@ class Watchdog:
 
         if not isinstance(event, EventLoopBlocked):
             return
-        if event.greenlet is self.blocking and self.reports:
-            self.reports[-1][3] += 1
-            return
-        self.blocking = event.greenlet
+        if getattr(event, "hub", None) not in (None, self.hub):
+            return  # a hub of another thread: not the one serving requests
         environ = logformat.current_environ(event.greenlet)
         if environ is None:
             route, request_id = None, None  # a greenlet outside any request
         else:
             route = environ.get(logformat.ROUTE_KEY) or metrics.UNMATCHED
             request_id = environ.get(logformat.REQUEST_ID_KEY)
+        same = (request_id == self.last_request_id if request_id is not None
+                else event.greenlet is self.blocking)
+        if same:
+            if self.reports:  # not logged yet: it blocked longer
+                self.reports[-1][3] += 1
+            return
+        self.blocking, self.last_request_id = event.greenlet, request_id
         self.reports.append([route, request_id, _stack(event.info), 1])
         self.wakeup.send()
 
