@@ -10,7 +10,6 @@ TLS, chromium. The WebSocket client is websocket-client.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import re
@@ -18,7 +17,6 @@ import shutil
 import signal
 import socket
 import ssl
-import struct
 import subprocess
 import sys
 import threading
@@ -33,9 +31,8 @@ from tests.support.browser import start_chrome
 from tests.support.nginx import RENDER, Nginx
 from tests.support.processes import Gunicorn, base_env, wait_until
 from tests.support.tls import LocalCA
+from tests.support.websockets import GOING_AWAY, SESSION_ENDED, read_until_closed
 
-SESSION_ENDED = 4001
-GOING_AWAY = 1001
 MESSAGE_TOO_BIG = 1009
 HOST = "app.test"
 RELAXED = {"AUTH_RATE_LIMIT": "1000 per minute", "LOGIN_FAILURE_LIMIT": "1000 per minute"}
@@ -84,27 +81,6 @@ def refusal(open_socket):
     with pytest.raises(websocket.WebSocketBadStatusException) as refused:
         open_socket().close()
     return refused.value.status_code
-
-
-def read_until_closed(ws, timeout):
-    """(text messages as JSON, close code or None if dropped without a close
-    frame, seconds it took). Pings are answered meanwhile."""
-    started = time.monotonic()
-    messages = []
-    while True:
-        ws.settimeout(max(0.01, started + timeout - time.monotonic()))
-        try:
-            opcode, frame = ws.recv_data_frame(control_frame=True)
-        except (websocket.WebSocketConnectionClosedException, ConnectionError):
-            return messages, None, time.monotonic() - started
-        if opcode == websocket.ABNF.OPCODE_TEXT:
-            messages.append(json.loads(frame.data))
-        elif opcode == websocket.ABNF.OPCODE_CLOSE:
-            code = struct.unpack("!H", frame.data[:2])[0] if len(frame.data) >= 2 else None
-            with contextlib.suppress(Exception):
-                ws.send_close()  # the closing handshake's answer
-            ws.shutdown()
-            return messages, code, time.monotonic() - started
 
 
 def next_message(ws, timeout=2.0):
