@@ -123,17 +123,17 @@ def wrk(binary: str, url: str, connections: int, seconds: float, threads: int,
 def check_tools() -> str:
     binary = shutil.which("wrk")
     if not binary:
-        sys.exit("bench/workers.py needs wrk: install it with `apt-get install -y wrk` "
+        sys.exit(f"{sys.argv[0]} needs wrk: install it with `apt-get install -y wrk` "
                  "(Debian package wrk).")
     if not shutil.which("redis-server"):
-        sys.exit("bench/workers.py needs redis-server: `apt-get install -y redis-server`.")
+        sys.exit(f"{sys.argv[0]} needs redis-server: `apt-get install -y redis-server`.")
     if not (Path(sys.executable).parent / "gunicorn").exists():
         sys.exit(f"no gunicorn beside {sys.executable}: run with the project venv, "
-                 f"{ROOT / '.venv/bin/python'} bench/workers.py")
+                 f"{ROOT / '.venv/bin/python'} {sys.argv[0]}")
     return binary
 
 
-def start(setup: Setup, directory: Path, args) -> tuple[RedisServer, Gunicorn]:
+def start(setup: Setup, directory: Path, args, **env_overrides) -> tuple[RedisServer, Gunicorn]:
     redis = RedisServer(directory / "redis")
     try:
         redis.start()
@@ -150,6 +150,7 @@ def start(setup: Setup, directory: Path, args) -> tuple[RedisServer, Gunicorn]:
         REDIS_MAX_CONNECTIONS=REDIS_MAX_CONNECTIONS,
         MAX_REQUESTS=args.max_requests,
     )
+    env.update({k: str(v) for k, v in env_overrides.items()})
     gunicorn = Gunicorn(directory / "gunicorn", env, extra_args=setup.args)
     try:
         gunicorn.start()
