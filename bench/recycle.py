@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import platform
 import random
 import signal
 import statistics
@@ -46,10 +45,13 @@ from bench.workers import (
     REDIS_MAX_CONNECTIONS,
     Setup,
     check_tools,
+    elapsed,
     fmt_ms,
     parse_wrk,
+    run,
     shielded,
     start,
+    versions,
 )
 
 WINDOW = 5.0  # seconds after a replacement accepts, over which CPU shares are averaged
@@ -250,17 +252,7 @@ def main() -> int:
         parser.error("bounded runs only: --rounds 1-5, --duration 5-120, --warmup 0-10")
     wrk_binary = check_tools()
 
-    def terminated(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminated)
-
-    import gevent
-    import gunicorn
-
-    print(f"python {platform.python_version()}, gunicorn {gunicorn.__version__}, "
-          f"gevent {gevent.__version__}, {os.cpu_count()} cores, "
-          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(versions())
     print(f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s "
           f"--timeout {args.timeout:g}s {args.path}; {args.rounds} round(s) x {len(CASES)} setups")
     print(f"gunicorn: 2 workers, gunicorn.conf.py {' '.join(args.gunicorn_args)}, "
@@ -307,13 +299,10 @@ def main() -> int:
               f"over windows of {MIN_WINDOW:g} s or more: "
               + (f"mean {statistics.mean(shares) * 100:.0f} %, worst {max(shares) * 100:.0f} % "
                  f"({len(shares)} windows)" if shares else "none"))
-    print(f"\nelapsed {time.monotonic() - began:.0f} s, load average at the end "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print()
+    print(elapsed(began))
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit("interrupted: every process this run started was stopped")
+    run(main)
