@@ -64,6 +64,15 @@ class ReadyBoard:
         os.close(self._fd)
         self._fd = None
 
+    def peers(self) -> set[str]:
+        """Names of the other markers (some may be stale)."""
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return set()
+        own = os.path.basename(self.marker)
+        return {n for n in names if n.startswith(PREFIX) and n != own}
+
     def _count(self) -> int:
         """How many processes accept now (this one included); stale markers go.
 

@@ -22,10 +22,12 @@ recycles as gunicorn's does, alone.
 
 Keep-alive connections stick to the worker that accepted them, so after a
 recycle (or a killed worker) the survivor keeps the connections the other
-dropped. With ``keepalive_max_age`` set, a connection older than a random age
-between half of it and all of it gets Connection: close on its next response
-(nginx's ``keepalive_time`` does the same), and the client reconnects to
-whichever worker accepts first: load spreads again within that time.
+dropped. When a worker joins the board, the others close each of their
+connections after its next response (within SHED_SPREAD), and the clients
+reconnect to whichever worker accepts first: the idle newcomer wins most.
+With ``keepalive_max_age`` set, a connection older than a random age between
+half of it and all of it is closed the same way (nginx's ``keepalive_time``),
+which bounds any other imbalance.
 
 Loaded by the master before fork, so it imports nothing that gevent must
 patch first (gunicorn's own gevent worker module is loaded there anyway).
@@ -33,6 +35,7 @@ patch first (gunicorn's own gevent worker module is loaded there anyway).
 
 from __future__ import annotations
 
+import math
 import random
 import sys
 import time
@@ -49,6 +52,7 @@ from service.recycling import ReadyBoard
 SHUTDOWN_GRACE = 0.5
 RECYCLE_POLL = 0.1
 RUN_POLL = 0.1
+SHED_SPREAD = 1.0
 
 
 class GeventWorker(_GeventWorker):
@@ -64,7 +68,7 @@ class GeventWorker(_GeventWorker):
         self.close_after: dict = {}
         self.board = ReadyBoard(self.recycle_dir, self.pid) if self.recycle_dir else None
         # gunicorn stops the worker by itself once nr reaches max_requests;
-        # with a board, _recycle_when_safe decides instead.
+        # with a board, _watch_board decides instead.
         self.recycle_at = self.max_requests
         if self.board is not None:
             self.max_requests = sys.maxsize
@@ -82,7 +86,7 @@ class GeventWorker(_GeventWorker):
         gevent.spawn(self._run_shutdown_callbacks)
         if self.board is not None:
             # Runs at the first switch to the hub: the servers accept by then.
-            gevent.spawn(self._recycle_when_safe)
+            gevent.spawn(self._watch_board)
         ssl_args = {"ssl_context": ssl_context(self.cfg)} if self.cfg.is_ssl else {}
         servers = []
         for s in self.sockets:
@@ -120,9 +124,8 @@ class GeventWorker(_GeventWorker):
             self.log.debug("Error while stopping the servers", exc_info=True)
 
     def handle(self, listener, client, addr):
-        if self.keepalive_max_age:
-            age = self.keepalive_max_age * random.uniform(0.5, 1.0)
-            self.close_after[gevent.getcurrent()] = time.monotonic() + age
+        age = self.keepalive_max_age * random.uniform(0.5, 1.0) or math.inf
+        self.close_after[gevent.getcurrent()] = time.monotonic() + age
         try:
             super().handle(listener, client, addr)
         finally:
@@ -131,8 +134,13 @@ class GeventWorker(_GeventWorker):
     def _must_close(self) -> bool:
         if not self.alive:
             return True
-        close_after = self.close_after.get(gevent.getcurrent())
-        return close_after is not None and time.monotonic() >= close_after
+        return time.monotonic() >= self.close_after.get(gevent.getcurrent(), math.inf)
+
+    def _shed_connections(self):
+        """Close every connection after its next response, within SHED_SPREAD."""
+        now = time.monotonic()
+        for greenlet, close_after in list(self.close_after.items()):
+            self.close_after[greenlet] = min(close_after, now + random.uniform(0, SHED_SPREAD))
 
     def timeout_ctx(self):
         return _IdleWait(self)
@@ -156,7 +164,7 @@ class GeventWorker(_GeventWorker):
 
         self.wsgi = closing_on_shutdown
 
-    def _recycle_when_safe(self):
+    def _watch_board(self):
         board = self.board
         try:
             board.mark_ready()
@@ -166,9 +174,19 @@ class GeventWorker(_GeventWorker):
             return
         self.log.info("Worker accepting (pid:%s)", self.pid)
         deferred = False
+        peers = board.peers()
         while self.alive:
             gevent.sleep(RECYCLE_POLL)
-            if self.nr < self.recycle_at or not self.alive:
+            if not self.alive:
+                break
+            # A worker joined (a replacement, after a recycle or a crash): the
+            # clients that piled onto this one while it was missing reconnect,
+            # and the accept race spreads them over all workers again.
+            now = board.peers()
+            if now - peers:
+                self._shed_connections()
+            peers = now
+            if self.nr < self.recycle_at:
                 continue
             try:
                 left, accepting = board.try_leave(self.expected_workers)

@@ -190,6 +190,63 @@ def test_keepalive_max_age_0_keeps_connections(redis_server, make_gunicorn):
         conn.close()
 
 
+def server_side_inode(conn: http.client.HTTPConnection, server_port: int) -> str:
+    client_port = conn.sock.getsockname()[1]
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1].split(":")[1], fields[2].split(":")[1]
+        if int(local, 16) == server_port and int(remote, 16) == client_port:
+            return fields[9]
+    raise AssertionError(f"no server socket for client port {client_port}")
+
+
+def holder(conn: http.client.HTTPConnection, server_port: int, pids: list[int]) -> int:
+    """The worker process that holds the server side of a connection."""
+    wanted = f"socket:[{server_side_inode(conn, server_port)}]"
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == wanted:
+                    return pid
+            except FileNotFoundError:
+                continue
+    raise AssertionError(f"no worker holds {wanted}")
+
+
+def get(conn: http.client.HTTPConnection) -> http.client.HTTPResponse:
+    conn.request("GET", "/healthz")
+    response = conn.getresponse()
+    response.read()
+    assert response.status == 200
+    return response
+
+
+def test_survivor_sheds_its_connections_once_a_replacement_accepts(redis_server,
+                                                                  make_gunicorn):
+    # No recycling and no age limit: only a worker joining makes them close.
+    server = recycling_server(redis_server, make_gunicorn, MAX_REQUESTS=0)
+    wait_until(lambda: len(replay(server.stderr())["accepting"]) == WORKERS, 20, "2 workers")
+    master = server.process.pid
+    conns = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=5) for _ in range(8)]
+    try:
+        for conn in conns:
+            assert get(conn).getheader("Connection") != "close"
+        pids = workers_of(master)
+        holders = [holder(conn, server.port, pids) for conn in conns]
+        survivor = max(set(holders), key=holders.count)
+        victim = next(pid for pid in pids if pid != survivor)
+        kept = [conn for conn, pid in zip(conns, holders, strict=True) if pid == survivor]
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: len(replay(server.stderr())["accepting"] - {str(victim)}) == WORKERS,
+                   20, "a replacement to accept")
+        time.sleep(1.2)  # SHED_SPREAD (1 s) and a poll
+        for conn in kept:
+            assert get(conn).getheader("Connection") == "close"
+    finally:
+        for conn in conns:
+            conn.close()
+
+
 HOLDER = """
 import sys, time
 from service.recycling import ReadyBoard
