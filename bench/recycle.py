@@ -102,6 +102,8 @@ class Sampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.board: str | None = None
+        self.no_board = False
+        self.started = time.monotonic()
 
     def start(self):
         self._thread.start()
@@ -122,14 +124,19 @@ class Sampler:
     def _run(self):
         while not self._stop.is_set():
             pids = children(self.master)
-            if self.board is None:
+            if self.board is None and not self.no_board:
                 self.board = self._find_board(pids)
+                # Markers appear within a second of boot; the run starts later.
+                self.no_board = self.board is None and time.monotonic() - self.started > 2
             now = time.monotonic()
             row = {}
             for pid in pids:
                 ticks = cpu_ticks(pid)
                 if ticks is not None:
-                    accepting = bool(self.board) and os.path.exists(f"{self.board}/ready-{pid}")
+                    # Without a board (gunicorn's own worker class) every
+                    # child counts as accepting from its fork on.
+                    accepting = (self.board is None or self.no_board
+                                 or os.path.exists(f"{self.board}/ready-{pid}"))
                     row[pid] = (ticks, accepting)
             self.samples.append((now, row))
             self._stop.wait(SAMPLE)
