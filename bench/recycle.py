@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import itertools
 import os
 import random
 import signal
@@ -146,6 +147,15 @@ def analyse(samples, workers: int, started: float, ended: float) -> dict:
     """Fewest accepting workers, and CPU shares after each replacement accepted."""
     run = [(t, row) for t, row in samples if started <= t <= ended]
     fewest = min(sum(acc for _, acc in row.values()) for _, row in run) if run else 0
+    # Time with fewer than `workers` accepting: in total, and the longest stretch.
+    short, longest, stretch = 0.0, 0.0, 0.0
+    for (t, row), (t2, _) in itertools.pairwise(run):
+        if sum(acc for _, acc in row.values()) < workers:
+            short += t2 - t
+            stretch += t2 - t
+            longest = max(longest, stretch)
+        else:
+            stretch = 0.0
     initial = {pid for pid, (_, acc) in run[0][1].items()} if run else set()
     seen_ready: set[int] = set()
     windows = []
@@ -173,7 +183,7 @@ def analyse(samples, workers: int, started: float, ended: float) -> dict:
             share = max(used.values()) / total if total and len(used) == workers else None
             windows.append({"at": t - started, "length": end_t - t, "cut": cut,
                             "share": share, "new_pid": pid})
-    return {"fewest": fewest, "windows": windows}
+    return {"fewest": fewest, "windows": windows, "short": short, "longest": longest}
 
 
 def run_case(case: Case, directory: Path, args, wrk_binary: str) -> dict:
@@ -286,7 +296,8 @@ def main() -> int:
                 print(f"round {rnd}: {case.name:<20} {r['rps']:>7.0f} req/s  "
                       f"p99 {fmt_ms(r['p99']):>6} ms  max {fmt_ms(r['max']):>6} ms  "
                       f"timeouts {r['timeouts']}  sockerr {r['sockerr']}  "
-                      f"recycles {r['recycles']}  fewest accepting {r['fewest']}"
+                      f"recycles {r['recycles']}  fewest accepting {r['fewest']} "
+                      f"(fewer than 2 for {r['short']:.1f} s, longest {r['longest']:.1f} s)"
                       + (f"  (MAX_REQUESTS={r['max_requests']})" if r["max_requests"] else ""),
                       flush=True)
                 print(f"    CPU share of the busier worker, {WINDOW:g} s after each "

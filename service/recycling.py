@@ -11,7 +11,8 @@ while every worker is accepting, one at a time:
   directory made per master run (gunicorn.conf.py's ``on_starting``);
 - a worker that wants to stop takes the board's lock, counts the markers
   whose lock is still held, and removes its own marker (the others now count
-  one fewer) only if all were there.
+  one fewer) only if all were there, and the newest has been for a few
+  seconds (the load spreads over a replacement before the next recycle).
 
 The kernel drops a process's locks when it dies, even by SIGKILL and before
 the master reaps it, so a marker whose lock can be taken is stale. Standard
@@ -24,6 +25,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import time
 
 LOCK_NAME = "lock"
 PREFIX = "ready-"
@@ -35,6 +37,8 @@ class ReadyBoard:
         self.pid = pid
         self.marker = os.path.join(directory, f"{PREFIX}{pid}")
         self._fd: int | None = None
+        self._since = 0.0  # when this process began to accept
+        self._due: float | None = None  # when it first asked to leave
 
     @property
     def marked(self) -> bool:
@@ -45,15 +49,18 @@ class ReadyBoard:
         if self._fd is not None:
             return
         temporary = os.path.join(self.directory, f".{PREFIX}{self.pid}")
-        fd = os.open(temporary, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+        fd = os.open(temporary, os.O_CREAT | os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            # Locked before it has its name, so nobody sees it unlocked (stale).
+            self._fd, self._since, self._due = fd, time.time(), None
+            self._write()
+            # Locked and written before it has its name, so nobody sees it
+            # unlocked (stale) or empty.
             os.rename(temporary, self.marker)
         except BaseException:
+            self._fd = None
             os.close(fd)
             raise
-        self._fd = fd
 
     def leave(self) -> None:
         """This process no longer accepts (idempotent)."""
@@ -73,24 +80,28 @@ class ReadyBoard:
         own = os.path.basename(self.marker)
         return {n for n in names if n.startswith(PREFIX) and n != own}
 
-    def _count(self) -> int:
-        """How many processes accept now (this one included); stale markers go.
+    def _live(self) -> list[tuple[float, float | None]]:
+        """(accepting since, due since) of each live marker, this process's included.
 
-        Only under the board's lock, so no marker is being renamed into place.
+        Only under the board's lock: markers are written and renamed under it.
         """
-        count = 0
+        live = []
         for name in os.listdir(self.directory):
             if not name.startswith(PREFIX):
                 continue
             path = os.path.join(self.directory, name)
-            if path == self.marker:
-                count += self._fd is not None
-            elif _held(path):
-                count += 1
-        return count
+            if path != self.marker:
+                state = _read_if_held(path)
+                if state is not None:
+                    live.append(state)
+            elif self._fd is not None:
+                live.append((self._since, self._due))
+        return live
 
-    def try_leave(self, needed: int) -> tuple[bool, int]:
-        """Stop accepting if ``needed`` processes (this one included) accept.
+    def try_leave(self, needed: int, settle: float = 0.0) -> tuple[bool, int]:
+        """Stop accepting if ``needed`` processes (this one included) accept,
+        the newest of them for ``settle`` seconds or more, and no other has
+        been due longer than this one (so none waits forever).
 
         Returns (left, how many accepted). Never blocks: when another process
         is checking at this very moment, the answer is (False, -1).
@@ -98,11 +109,25 @@ class ReadyBoard:
         with self._locked() as locked:
             if not locked:
                 return False, -1
-            count = self._count()
-            if self._fd is not None and count >= needed:
+            live = self._live()
+            if self._fd is None:
+                return False, len(live)
+            if self._due is None:
+                self._due = time.time()
+                self._write()
+                live = self._live()
+            newest = max(since for since, _ in live)
+            first_due = min(due for _, due in live if due is not None)
+            if (len(live) >= needed and time.time() - newest >= settle
+                    and self._due <= first_due):
                 self.leave()
-                return True, count
-            return False, count
+                return True, len(live)
+            return False, len(live)
+
+    def _write(self) -> None:
+        data = f"{self._since!r} {self._due!r}".encode()
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, data, 0)
 
     @contextlib.contextmanager
     def _locked(self):
@@ -121,23 +146,23 @@ class ReadyBoard:
             os.close(fd)  # also releases the lock
 
 
-def _held(path: str) -> bool:
-    """Whether a live process holds the lock of the marker at ``path``."""
+def _read_if_held(path: str) -> tuple[float, float | None] | None:
+    """(accepting since, due since) of a marker a live process holds, else None."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return False
+        return None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                return True
-            raise
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            since, due = os.pread(fd, 100, 0).decode().split()
+            return float(since), None if due == "None" else float(due)
         # Its owner is gone (exited or killed; its locks went with it).
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        return False
+        return None
     finally:
         os.close(fd)
-

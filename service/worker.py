@@ -51,6 +51,10 @@ from service.recycling import ReadyBoard
 
 SHUTDOWN_GRACE = 0.5
 RECYCLE_POLL = 0.1
+# Seconds the newest worker must have accepted before another one recycles: two
+# workers past their limit would otherwise stop back to back, doubling the
+# time with one worker fewer, and the load would not spread in between.
+RECYCLE_SETTLE = 5.0
 RUN_POLL = 0.1
 SHED_SPREAD = 1.0
 
@@ -173,7 +177,7 @@ class GeventWorker(_GeventWorker):
             self.max_requests = self.recycle_at
             return
         self.log.info("Worker accepting (pid:%s)", self.pid)
-        deferred = False
+        deferred = None  # how many accepted when this worker last said it waits
         peers = board.peers()
         while self.alive:
             gevent.sleep(RECYCLE_POLL)
@@ -189,7 +193,7 @@ class GeventWorker(_GeventWorker):
             if self.nr < self.recycle_at:
                 continue
             try:
-                left, accepting = board.try_leave(self.expected_workers)
+                left, accepting = board.try_leave(self.expected_workers, RECYCLE_SETTLE)
             except OSError as exc:
                 self.log.warning("Recycling without asking the others: %s", exc)
                 left, accepting = True, "?"
@@ -201,11 +205,11 @@ class GeventWorker(_GeventWorker):
                 return
             if accepting < 0:
                 continue  # another worker is checking right now
-            if not deferred:
-                deferred = True
+            if accepting != deferred:  # once per count, not every poll
+                deferred = accepting
                 self.log.info("Worker reached %s requests (pid:%s); restarting once all "
-                              "%s workers accept (now %s)", self.nr, self.pid,
-                              self.expected_workers, accepting)
+                              "%s workers accept (now %s), the newest for %s s", self.nr,
+                              self.pid, self.expected_workers, accepting, RECYCLE_SETTLE)
 
     def _close_idle_on_shutdown(self):
         while self.alive:

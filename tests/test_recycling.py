@@ -115,13 +115,15 @@ def test_two_workers_never_recycle_at_the_same_moment(redis_server, make_gunicor
     # Jitter 0: both workers reach the limit together, again and again.
     server = recycling_server(redis_server, make_gunicorn, MAX_REQUESTS=50)
     with Load(server.url + "/healthz", seconds=60) as load:
-        wait_until(lambda: replay(server.stderr())["recycles"] >= 8, 60,
-                   "8 recycles under load")
+        wait_until(lambda: replay(server.stderr())["recycles"] >= 5, 60,
+                   "5 recycles under load")
     events = replay(server.stderr())
     assert events["violations"] == []
     assert load.failures == []
     # Positive control: the workers did reach their limit together and waited.
     assert "restarting once all 2 workers accept (now 1)" in server.stderr()
+    # ... and after a replacement, the next recycle waits until it settled.
+    assert "restarting once all 2 workers accept (now 2)" in server.stderr()
 
 
 def test_after_kill_9_the_other_worker_waits_for_the_replacement(redis_server, make_gunicorn):
@@ -250,14 +252,18 @@ def test_survivor_sheds_its_connections_once_a_replacement_accepts(redis_server,
 HOLDER = """
 import sys, time
 from service.recycling import ReadyBoard
-ReadyBoard(sys.argv[1], int(sys.argv[2])).mark_ready()
+board = ReadyBoard(sys.argv[1], int(sys.argv[2]))
+board.mark_ready()
+if sys.argv[3:] == ["due"]:
+    assert board.try_leave(99) == (False, 2)  # becomes due, stays
 print("ready", flush=True)
 time.sleep(60)
 """
 
 
-def hold_marker(directory, pid_label):
-    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(directory), str(pid_label)],
+def hold_marker(directory, pid_label, *args):
+    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(directory), str(pid_label),
+                                *args],
                                stdout=subprocess.PIPE, text=True, cwd=ROOT)
     with process.stdout:
         assert process.stdout.readline().strip() == "ready"
@@ -291,3 +297,23 @@ def test_ready_board_ignores_and_removes_the_marker_of_a_killed_worker(tmp_path)
     assert me.try_leave(2) == (False, 1)
     assert not (tmp_path / "ready-1002").exists()
     me.leave()
+
+
+def test_ready_board_lets_the_longest_due_go_first_once_the_newest_settled(tmp_path):
+    me = ReadyBoard(str(tmp_path), os.getpid())
+    me.mark_ready()
+    holder = hold_marker(tmp_path, 1004, "due")  # due before this process asks
+    try:
+        assert me.try_leave(2) == (False, 2)  # the other has waited longer
+        assert me.marked
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder's marker is stale now; a fresh one is newer than 60 s.
+    holder = hold_marker(tmp_path, 1005)
+    try:
+        assert me.try_leave(2, settle=60) == (False, 2)
+        assert me.try_leave(2, settle=0) == (True, 2)
+    finally:
+        holder.kill()
+        holder.wait()
