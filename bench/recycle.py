@@ -255,9 +255,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (2)")
     parser.add_argument("--timeout", type=float, default=5, help="wrk per-request timeout (5 s)")
     parser.add_argument("--max-requests", type=int, default=0,
-                        help="MAX_REQUESTS when recycling is on (default: a ninth of the "
+                        help="MAX_REQUESTS when recycling is on (default: a twelfth of the "
                              "requests the last run without recycling served, so that each "
-                             "run recycles about 7 times); MAX_REQUESTS_JITTER is half of it")
+                             "run recycles about 5 times: each waits for the last to settle); MAX_REQUESTS_JITTER is half of it")
     parser.add_argument("--keepalive-max-age", type=float, default=5,
                         help="KEEPALIVE_MAX_AGE for every setup (5 s; 0: off)")
     parser.add_argument("--gunicorn-args", nargs="*", default=[],
@@ -289,7 +289,7 @@ def main() -> int:
                 if case.max_requests and not args.max_requests:
                     # Round 1 runs "recycling off" first; later rounds reuse the last.
                     reference = [r for r in results if r["case"] is CASES[0]][-1]
-                    run_args.max_requests = max(100, reference["requests"] // 9)
+                    run_args.max_requests = max(100, reference["requests"] // 12)
                 r = run_case(case, directory, run_args, wrk_binary)
                 r.update(case=case, round=rnd)
                 results.append(r)
