@@ -134,16 +134,20 @@ class ReadyBoard:
         fd = os.open(os.path.join(self.directory, LOCK_NAME),
                      os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                yield False
-                return
-            yield True
+            yield _try_lock(fd)
         finally:
             os.close(fd)  # also releases the lock
+
+
+def _try_lock(fd: int) -> bool:
+    """Take an exclusive flock without waiting; False if another holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        return False
+    return True
 
 
 def _read_if_held(path: str) -> tuple[float, float | None] | None:
@@ -153,11 +157,7 @@ def _read_if_held(path: str) -> tuple[float, float | None] | None:
     except FileNotFoundError:
         return None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
+        if not _try_lock(fd):
             since, due = os.pread(fd, 100, 0).decode().split()
             return float(since), None if due == "None" else float(due)
         # Its owner is gone (exited or killed; its locks went with it).
