@@ -14,9 +14,11 @@ keep-alive timeout would close it. Requests in flight finish normally and
 are answered with Connection: close.
 
 Recycling (``max_requests``) is coordinated through service/recycling.py: a
-worker past its limit stops only while every worker accepts, so two workers
-never recycle together and none recycles while a replacement is booting; it
-keeps serving and asks again RECYCLE_POLL later. The board's directory and the
+worker past its limit stops only while every worker accepts, the newest for
+RECYCLE_SETTLE, and no other has been due longer; so two workers never
+recycle together and none recycles while a replacement is booting. Until then
+it keeps serving and asks again RECYCLE_POLL later. run() polls every
+RUN_POLL, so a stopping worker exits, and is replaced, sooner. The board's directory and the
 worker count come from gunicorn.conf.py's hooks; without them the worker
 recycles as gunicorn's does, alone.
 
