@@ -2,7 +2,7 @@
 
 Run with the project's venv (not part of the pytest suite, no timing assertions):
 
-    .venv/bin/python bench/recycle.py            # ~5 min: 2 rounds, 3 setups, 40 s each
+    .venv/bin/python bench/recycle.py            # ~7 min: 2 rounds, 3 setups, 60 s each
     .venv/bin/python bench/recycle.py --quick    # ~1 min: 1 round, 15 s each
 
 Each setup gets a fresh private redis-server and gunicorn (2 workers, the
@@ -244,7 +244,7 @@ def describe_windows(windows) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--duration", type=float, default=40, help="seconds of load per run (40)")
+    parser.add_argument("--duration", type=float, default=60, help="seconds of load per run (60)")
     parser.add_argument("--warmup", type=float, default=2, help="warm-up seconds (2)")
     parser.add_argument("--rounds", type=int, default=2,
                         help="rounds over the setups; order reversed every other round (2)")
