@@ -137,10 +137,13 @@ class GeventWorker(_GeventWorker):
         finally:
             self.close_after.pop(gevent.getcurrent(), None)
 
-    def _must_close(self) -> bool:
+    def _must_close(self, status: str) -> bool:
         if not self.alive:
             return True
-        return time.monotonic() >= self.close_after.get(gevent.getcurrent(), math.inf)
+        # Not on a 101: an upgraded connection (WebSocket) serves no further
+        # request, and its handshake must say Upgrade, not close.
+        past_age = time.monotonic() >= self.close_after.get(gevent.getcurrent(), math.inf)
+        return past_age and not status.startswith("101")
 
     def _shed_connections(self):
         """Close every connection after its next response, within SHED_SPREAD."""
@@ -162,7 +165,7 @@ class GeventWorker(_GeventWorker):
             # socket. So does the last response of a connection past its age.
             def start(status, headers, exc_info=None):
                 response = getattr(start_response, "__self__", None)
-                if self._must_close() and hasattr(response, "force_close"):
+                if self._must_close(status) and hasattr(response, "force_close"):
                     response.force_close()
                 return start_response(status, headers, exc_info)
 
