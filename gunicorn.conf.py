@@ -18,7 +18,9 @@ deploy/README.md, "6. Deploying a new version without downtime".
 
 import importlib
 import os
+import shutil
 import sys
+import tempfile
 
 APP_PACKAGE = "service"
 
@@ -59,6 +61,9 @@ worker_class = settings.worker_class
 workers = settings.workers
 worker_connections = settings.worker_connections
 preload_app = False
+# Recycling: a worker restarts after MAX_REQUESTS (+ jitter) requests, one
+# worker at a time and only while all others accept (the recycling hooks
+# at the end of this file, service/worker.py).
 max_requests = settings.max_requests
 max_requests_jitter = settings.max_requests_jitter
 if os.path.isdir("/dev/shm"):
@@ -106,6 +111,7 @@ def pre_fork(server, worker):
     # (With preload_app the app object itself comes from the master: leave it.)
     if not server.cfg.preload_app:
         forget_app_modules()
+    pass_recycling_settings(server, worker)
 
 
 def post_fork(server, worker):
@@ -134,3 +140,26 @@ def post_request(worker, req, environ, resp):
         import gevent
 
         gevent.idle()
+
+
+# -- Recycling one worker at a time (service/worker.py, service/recycling.py).
+# The master makes one directory per run, where each accepting worker holds a
+# locked marker file; a worker past max_requests stops only while every
+# worker's marker is there. Standard library only: these run in the master.
+
+
+def on_starting(server):
+    server.recycle_dir = tempfile.mkdtemp(prefix="gunicorn-workers-",
+                                          dir=server.cfg.worker_tmp_dir)
+
+
+def pass_recycling_settings(server, worker):
+    """Called by pre_fork: what the worker needs to take part."""
+    worker.recycle_dir = getattr(server, "recycle_dir", None)
+    worker.expected_workers = server.num_workers
+    worker.keepalive_max_age = settings.keepalive_max_age
+
+
+def on_exit(server):
+    if getattr(server, "recycle_dir", None):
+        shutil.rmtree(server.recycle_dir, ignore_errors=True)

@@ -246,6 +246,7 @@ class Settings:
     worker_timeout: int = 30
     graceful_timeout: int = 30
     keepalive: int = 75
+    keepalive_max_age: float = 5.0
     proc_name: str = "service"
     control_socket: str = ""
     # live events (service/events/)
@@ -311,6 +312,7 @@ class Settings:
             worker_timeout=_number(environ, "GUNICORN_TIMEOUT", 30),
             graceful_timeout=_number(environ, "GRACEFUL_TIMEOUT", 30),
             keepalive=_number(environ, "KEEPALIVE", 75),
+            keepalive_max_age=_number(environ, "KEEPALIVE_MAX_AGE", 5.0, float),
             proc_name=_get(environ, "PROC_NAME", "service"),
             control_socket=_get(environ, "GUNICORN_CONTROL_SOCKET", ""),
             events_ping_interval=_number(environ, "EVENTS_PING_INTERVAL", 25, minimum=1),
