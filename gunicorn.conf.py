@@ -18,6 +18,7 @@ deploy/README.md, "6. Deploying a new version without downtime".
 
 import importlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -64,6 +65,9 @@ worker_class = settings.worker_class
 workers = settings.workers
 worker_connections = settings.worker_connections
 preload_app = False
+# Recycling: a worker restarts after MAX_REQUESTS (+ jitter) requests, one
+# worker at a time and only while all others accept (the recycling hooks
+# at the end of this file, service/worker.py).
 max_requests = settings.max_requests
 max_requests_jitter = settings.max_requests_jitter
 if os.path.isdir("/dev/shm"):
@@ -183,7 +187,10 @@ def metrics_worker_exit(worker):
     if settings.metrics_bind:
         from service import metrics
 
-        recycled = worker.max_requests and worker.nr >= worker.max_requests
+        # service.worker keeps the limit in recycle_at (its max_requests is
+        # lifted while it waits for its turn to recycle).
+        limit = getattr(worker, "recycle_at", None) or worker.max_requests
+        recycled = worker.nr >= limit
         metrics.worker_exits.labels("recycled" if recycled else "shutdown").inc()
 
 
@@ -202,8 +209,12 @@ def metrics_on_exit(server):
         directory.rmdir()
 
 
+# -- Hooks that several sections share call each section's function.
+
+
 def on_starting(server):
     metrics_on_starting(server)
+    recycling_on_starting(server)
 
 
 def when_ready(server):
@@ -220,6 +231,7 @@ def worker_exit(server, worker):
 
 def on_exit(server):
     metrics_on_exit(server)
+    recycling_on_exit(server)
 
 
 def _is_gevent(worker):
@@ -237,6 +249,7 @@ def pre_fork(server, worker):
     # (With preload_app the app object itself comes from the master: leave it.)
     if not server.cfg.preload_app:
         forget_app_modules()
+    pass_recycling_settings(server, worker)
 
 
 def post_fork(server, worker):
@@ -266,3 +279,26 @@ def post_request(worker, req, environ, resp):
         import gevent
 
         gevent.idle()
+
+
+# -- Recycling one worker at a time (service/worker.py, service/recycling.py).
+# The master makes one directory per run, where each accepting worker holds a
+# locked marker file; a worker past max_requests stops only while every
+# worker's marker is there. Standard library only: these run in the master.
+
+
+def recycling_on_starting(server):
+    server.recycle_dir = tempfile.mkdtemp(prefix="gunicorn-workers-",
+                                          dir=server.cfg.worker_tmp_dir)
+
+
+def pass_recycling_settings(server, worker):
+    """Called by pre_fork: what the worker needs to take part."""
+    worker.recycle_dir = getattr(server, "recycle_dir", None)
+    worker.expected_workers = server.num_workers
+    worker.keepalive_max_age = settings.keepalive_max_age
+
+
+def recycling_on_exit(server):
+    if getattr(server, "recycle_dir", None):
+        shutil.rmtree(server.recycle_dir, ignore_errors=True)

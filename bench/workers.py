@@ -123,17 +123,17 @@ def wrk(binary: str, url: str, connections: int, seconds: float, threads: int,
 def check_tools() -> str:
     binary = shutil.which("wrk")
     if not binary:
-        sys.exit("bench/workers.py needs wrk: install it with `apt-get install -y wrk` "
+        sys.exit(f"{sys.argv[0]} needs wrk: install it with `apt-get install -y wrk` "
                  "(Debian package wrk).")
     if not shutil.which("redis-server"):
-        sys.exit("bench/workers.py needs redis-server: `apt-get install -y redis-server`.")
+        sys.exit(f"{sys.argv[0]} needs redis-server: `apt-get install -y redis-server`.")
     if not (Path(sys.executable).parent / "gunicorn").exists():
         sys.exit(f"no gunicorn beside {sys.executable}: run with the project venv, "
-                 f"{ROOT / '.venv/bin/python'} bench/workers.py")
+                 f"{ROOT / '.venv/bin/python'} {sys.argv[0]}")
     return binary
 
 
-def start(setup: Setup, directory: Path, args) -> tuple[RedisServer, Gunicorn]:
+def start(setup: Setup, directory: Path, args, **env_overrides) -> tuple[RedisServer, Gunicorn]:
     redis = RedisServer(directory / "redis")
     try:
         redis.start()
@@ -150,6 +150,7 @@ def start(setup: Setup, directory: Path, args) -> tuple[RedisServer, Gunicorn]:
         REDIS_MAX_CONNECTIONS=REDIS_MAX_CONNECTIONS,
         MAX_REQUESTS=args.max_requests,
     )
+    env.update({k: str(v) for k, v in env_overrides.items()})
     gunicorn = Gunicorn(directory / "gunicorn", env, extra_args=setup.args)
     try:
         gunicorn.start()
@@ -257,18 +258,8 @@ def main() -> int:
         parser.error("bounded runs only: --rounds 1-5, --duration 1-30, --warmup 0-10")
     wrk_binary = check_tools()
 
-    def terminated(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminated)
-
-    import gevent
-    import gunicorn
-
     cells = args.rounds * len(SETUPS) * len(CELLS)
-    print(f"python {platform.python_version()}, gunicorn {gunicorn.__version__}, "
-          f"gevent {gevent.__version__}, {os.cpu_count()} cores, "
-          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(versions())
     print(f"{args.rounds} round(s) x {len(SETUPS)} setups x {len(CELLS)} endpoints; "
           f"wrk -t{args.threads} --timeout {args.timeout:g}s, {args.warmup:g} s warm-up + "
           f"{args.duration:g} s per cell (~{cells * (args.warmup + args.duration + 0.5) / 60:.1f}"
@@ -313,13 +304,39 @@ def main() -> int:
     print_table(results)
     print_ratios(results, args.rounds)
     print()
-    print(f"elapsed {time.monotonic() - started:.0f} s, load average at the end "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(elapsed(started))
     return 0
 
 
-if __name__ == "__main__":
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def versions() -> str:
+    import gevent
+    import gunicorn
+
+    return (f"python {platform.python_version()}, gunicorn {gunicorn.__version__}, "
+            f"gevent {gevent.__version__}, {os.cpu_count()} cores, "
+            f"load average {load_average()}")
+
+
+def elapsed(started: float) -> str:
+    return f"elapsed {time.monotonic() - started:.0f} s, load average at the end {load_average()}"
+
+
+def run(main) -> None:
+    """Run main(); SIGTERM and Ctrl-C stop it after every started process is stopped."""
+
+    def terminated(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminated)
     try:
         sys.exit(main())
     except KeyboardInterrupt:
         sys.exit("interrupted: every process this run started was stopped")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -247,6 +247,7 @@ class Settings:
     worker_timeout: int = 30
     graceful_timeout: int = 30
     keepalive: int = 75
+    keepalive_max_age: float = 5.0
     proc_name: str = "service"
     control_socket: str = ""
     # Metrics (service/metrics.py) and the blocked-hub watchdog (service/watchdog.py)
@@ -316,6 +317,7 @@ class Settings:
             worker_timeout=_number(environ, "GUNICORN_TIMEOUT", 30),
             graceful_timeout=_number(environ, "GRACEFUL_TIMEOUT", 30),
             keepalive=_number(environ, "KEEPALIVE", 75),
+            keepalive_max_age=_number(environ, "KEEPALIVE_MAX_AGE", 5.0, float),
             proc_name=_get(environ, "PROC_NAME", "service"),
             control_socket=_get(environ, "GUNICORN_CONTROL_SOCKET", ""),
             metrics_bind=_get(environ, "METRICS_BIND", "") or "",

@@ -78,6 +78,15 @@ class SentinelBlockingPool(SentinelConnectionPool, redis.BlockingConnectionPool)
         self._recheck_primary()
         return super().get_connection(*args, **kwargs)
 
+    def serves(self, connection) -> bool:
+        """Whether `connection` talks to the primary the sentinels name now
+        (asked at most every PRIMARY_RECHECK_SECONDS). For a connection held
+        outside the pool, such as a pub/sub subscription's: on a graceful
+        switch the old primary keeps it, and hears nothing published on the
+        new one until Sentinel demotes it (seconds later)."""
+        self._recheck_primary()
+        return self.master_address == (connection.host, connection.port)
+
 
 def make_client(
     settings: Settings,

@@ -1,4 +1,4 @@
-"""gunicorn's gevent worker, closing idle keep-alive connections on shutdown.
+"""gunicorn's gevent worker: clean shutdown, recycling one worker at a time.
 
 The stock worker stops accepting on TERM/HUP but leaves idle keep-alive
 connections open until ``keepalive`` or ``graceful_timeout`` runs out, still
@@ -13,30 +13,143 @@ answered with Connection: close), then it is closed exactly as an expired
 keep-alive timeout would close it. Requests in flight finish normally and
 are answered with Connection: close.
 
+Recycling (``max_requests``) is coordinated through service/recycling.py: a
+worker past its limit stops only while every worker accepts, the newest for
+RECYCLE_SETTLE, and no other has been due longer; so two workers never
+recycle together and none recycles while a replacement is booting. Until then
+it keeps serving and asks again RECYCLE_POLL later. run() polls every
+RUN_POLL, so a stopping worker exits, and is replaced, sooner. The board's directory and the
+worker count come from gunicorn.conf.py's hooks; without them the worker
+recycles as gunicorn's does, alone.
+
+Keep-alive connections stick to the worker that accepted them, so after a
+recycle (or a killed worker) the survivor keeps the connections the other
+dropped. When a worker joins the board, the others close each of their
+connections after its next response (within SHED_SPREAD), and the clients
+reconnect to whichever worker accepts first: the idle newcomer wins most.
+With ``keepalive_max_age`` set, a connection older than a random age between
+half of it and all of it is closed the same way (nginx's ``keepalive_time``),
+which bounds any other imbalance.
+
 Loaded by the master before fork, so it imports nothing that gevent must
 patch first (gunicorn's own gevent worker module is loaded there anyway).
 """
 
 from __future__ import annotations
 
+import math
+import random
+import sys
 import time
+from functools import partial
 
 import gevent
+from gevent.pool import Pool
+from gevent.server import StreamServer
+from gunicorn.sock import ssl_context
 from gunicorn.workers.ggevent import GeventWorker as _GeventWorker
 
+from service.recycling import ReadyBoard
+
 SHUTDOWN_GRACE = 0.5
+RECYCLE_POLL = 0.1
+# Seconds the newest worker must have accepted before another one recycles: two
+# workers past their limit would otherwise stop back to back, doubling the
+# time with one worker fewer, and the load would not spread in between.
+RECYCLE_SETTLE = 5.0
+RUN_POLL = 0.1
+SHED_SPREAD = 1.0
 
 
 class GeventWorker(_GeventWorker):
+    # Set in the master by gunicorn.conf.py's pre_fork hook.
+    recycle_dir: str | None = None  # the ReadyBoard's directory, one per master run
+    expected_workers = 1  # how many workers the master runs
+    keepalive_max_age = 0.0  # seconds; 0: keep-alive connections live until idle
+
     def init_process(self):
         # greenlet -> (the Timeout of its keep-alive wait, when the wait began)
         self.idle_waits: dict = {}
+        # greenlet -> when its connection is to close (keepalive_max_age)
+        self.close_after: dict = {}
+        self.board = ReadyBoard(self.recycle_dir, self.pid) if self.recycle_dir else None
+        # gunicorn stops the worker by itself once nr reaches max_requests;
+        # with a board, _watch_board decides instead.
+        self.recycle_at = self.max_requests
+        if self.board is not None:
+            self.max_requests = sys.maxsize
         super().init_process()
 
     def run(self):
+        """gunicorn's GeventWorker.run, polling every RUN_POLL instead of 1 s.
+
+        The master forks a replacement only once this process has exited, so
+        every second spent between "stop accepting" and exit is a second
+        with one worker fewer: stock gunicorn spends up to 1 s noticing the
+        stop and then waits for in-flight requests in steps of 1 s.
+        """
         gevent.spawn(self._close_idle_on_shutdown)
         gevent.spawn(self._run_shutdown_callbacks)
-        super().run()
+        if self.board is not None:
+            # Runs at the first switch to the hub: the servers accept by then.
+            gevent.spawn(self._watch_board)
+        ssl_args = {"ssl_context": ssl_context(self.cfg)} if self.cfg.is_ssl else {}
+        servers = []
+        for s in self.sockets:
+            s.setblocking(1)
+            server = StreamServer(s, handle=partial(self.handle, s),
+                                  spawn=Pool(self.worker_connections), **ssl_args)
+            if self.cfg.workers > 1:
+                server.max_accept = 1
+            server.start()
+            servers.append(server)
+
+        last_notified = 0.0
+        while self.alive:
+            if time.monotonic() - last_notified >= 1.0:
+                self.notify()
+                last_notified = time.monotonic()
+            gevent.sleep(RUN_POLL)
+
+        try:
+            for server in servers:
+                server.close()  # stop accepting
+            # Finish the requests in flight, up to graceful_timeout.
+            deadline = time.monotonic() + self.cfg.graceful_timeout
+            while time.monotonic() <= deadline:
+                if all(server.pool.free_count() == server.pool.size for server in servers):
+                    return
+                if time.monotonic() - last_notified >= 1.0:
+                    self.notify()
+                    last_notified = time.monotonic()
+                gevent.sleep(RUN_POLL)
+            self.log.warning("Worker graceful timeout (pid:%s)", self.pid)
+            for server in servers:
+                server.stop(timeout=1)
+        except Exception:  # exiting either way, as in gunicorn's run
+            self.log.debug("Error while stopping the servers", exc_info=True)
+
+    def handle(self, listener, client, addr):
+        age = self.keepalive_max_age * random.uniform(0.5, 1.0) or math.inf
+        self.close_after[gevent.getcurrent()] = time.monotonic() + age
+        try:
+            super().handle(listener, client, addr)
+        finally:
+            self.close_after.pop(gevent.getcurrent(), None)
+
+    def _must_close(self, status: str) -> bool:
+        if not self.alive:
+            return True
+        # Not on a 101: an upgraded connection (WebSocket) serves no further
+        # request, and its handshake must say Upgrade, not close.
+        past_age = time.monotonic() >= self.close_after.get(gevent.getcurrent(), math.inf)
+        return past_age and not status.startswith("101")
+
+    def _shed_connections(self):
+        """Close every connection after its next response, within SHED_SPREAD."""
+        now = time.monotonic()
+        for greenlet, close_after in list(self.close_after.items()):
+            self.close_after[greenlet] = min(close_after, now + random.uniform(0, SHED_SPREAD))
 
     def timeout_ctx(self):
         return _IdleWait(self)
@@ -48,10 +161,11 @@ class GeventWorker(_GeventWorker):
         def closing_on_shutdown(environ, start_response):
             # gunicorn decides Connection: close before the app runs; a
             # request that was in flight when shutdown began must say close
-            # too, or the client may send its next request into a closed socket.
+            # too, or the client may send its next request into a closed
+            # socket. So does the last response of a connection past its age.
             def start(status, headers, exc_info=None):
                 response = getattr(start_response, "__self__", None)
-                if not self.alive and hasattr(response, "force_close"):
+                if self._must_close(status) and hasattr(response, "force_close"):
                     response.force_close()
                 return start_response(status, headers, exc_info)
 
@@ -59,9 +173,54 @@ class GeventWorker(_GeventWorker):
 
         self.wsgi = closing_on_shutdown
 
+    def _watch_board(self):
+        board = self.board
+        try:
+            board.mark_ready()
+        except OSError as exc:
+            self.log.warning("Recycling alone: cannot write to %s (%s)", board.directory, exc)
+            self.max_requests = self.recycle_at
+            return
+        self.log.info("Worker accepting (pid:%s)", self.pid)
+        deferred = None  # how many accepted when this worker last said it waits
+        peers = board.peers()
+        while self.alive:
+            gevent.sleep(RECYCLE_POLL)
+            if not self.alive:
+                break
+            # A worker joined (a replacement, after a recycle or a crash): the
+            # clients that piled onto this one while it was missing reconnect,
+            # and the accept race spreads them over all workers again.
+            now = board.peers()
+            if now - peers:
+                self._shed_connections()
+            peers = now
+            if self.nr < self.recycle_at:
+                continue
+            try:
+                left, accepting = board.try_leave(self.expected_workers, RECYCLE_SETTLE)
+            except OSError as exc:
+                self.log.warning("Recycling without asking the others: %s", exc)
+                left, accepting = True, "?"
+            if left:
+                self.log.info("Autorestarting worker after %s requests (pid:%s), "
+                              "%s of %s workers were accepting",
+                              self.nr, self.pid, accepting, self.expected_workers)
+                self.alive = False
+                return
+            if accepting < 0:
+                continue  # another worker is checking right now
+            if accepting != deferred:  # once per count, not every poll
+                deferred = accepting
+                self.log.info("Worker reached %s requests (pid:%s); restarting once all "
+                              "%s workers accept (now %s), the newest for %s s", self.nr,
+                              self.pid, self.expected_workers, accepting, RECYCLE_SETTLE)
+
     def _close_idle_on_shutdown(self):
         while self.alive:
             gevent.sleep(0.1)
+        if self.board is not None:
+            self.board.leave()  # also on TERM/HUP: this worker accepts no more
         gevent.sleep(SHUTDOWN_GRACE)
         cutoff = time.monotonic() - SHUTDOWN_GRACE
         for greenlet, (timeout, since) in list(self.idle_waits.items()):

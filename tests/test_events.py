@@ -10,14 +10,13 @@ TLS, chromium. The WebSocket client is websocket-client.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import re
 import shutil
+import signal
 import socket
 import ssl
-import struct
 import subprocess
 import sys
 import threading
@@ -32,9 +31,8 @@ from tests.support.browser import start_chrome
 from tests.support.nginx import RENDER, Nginx
 from tests.support.processes import Gunicorn, base_env, wait_until
 from tests.support.tls import LocalCA
+from tests.support.websockets import GOING_AWAY, SESSION_ENDED, read_until_closed
 
-SESSION_ENDED = 4001
-GOING_AWAY = 1001
 MESSAGE_TOO_BIG = 1009
 HOST = "app.test"
 RELAXED = {"AUTH_RATE_LIMIT": "1000 per minute", "LOGIN_FAILURE_LIMIT": "1000 per minute"}
@@ -83,27 +81,6 @@ def refusal(open_socket):
     with pytest.raises(websocket.WebSocketBadStatusException) as refused:
         open_socket().close()
     return refused.value.status_code
-
-
-def read_until_closed(ws, timeout):
-    """(text messages as JSON, close code or None if dropped without a close
-    frame, seconds it took). Pings are answered meanwhile."""
-    started = time.monotonic()
-    messages = []
-    while True:
-        ws.settimeout(max(0.01, started + timeout - time.monotonic()))
-        try:
-            opcode, frame = ws.recv_data_frame(control_frame=True)
-        except (websocket.WebSocketConnectionClosedException, ConnectionError):
-            return messages, None, time.monotonic() - started
-        if opcode == websocket.ABNF.OPCODE_TEXT:
-            messages.append(json.loads(frame.data))
-        elif opcode == websocket.ABNF.OPCODE_CLOSE:
-            code = struct.unpack("!H", frame.data[:2])[0] if len(frame.data) >= 2 else None
-            with contextlib.suppress(Exception):
-                ws.send_close()  # the closing handshake's answer
-            ws.shutdown()
-            return messages, code, time.monotonic() - started
 
 
 def next_message(ws, timeout=2.0):
@@ -397,22 +374,41 @@ def test_socket_closes_at_the_absolute_timeout_despite_activity(short_sessions, 
 # -- shutdown and reload -------------------------------------------------------------
 
 
-def test_reload_closes_sockets_with_1001_at_once(redis_server, make_gunicorn, clients):
+def sockets_going_away(redis_server, make_gunicorn, clients, signal_them):
+    """Four open sockets of a 2-worker server with GRACEFUL_TIMEOUT 30;
+    signal_them(server) returns once the old workers have exited. Every socket
+    must get 1001, and long before the graceful timeout. The server."""
     server = make_gunicorn(base_env(redis_server.url, WEB_CONCURRENCY=2, GRACEFUL_TIMEOUT=30,
                                     **RELAXED)).start()
     (client,) = user_sessions(server, 1)
     clients.append(client)
     sockets = [connect(server, client) for _ in range(4)]
     started = time.monotonic()
-    server.reload()  # returns once the old workers have exited
-    reloaded = time.monotonic() - started
+    signal_them(server)
+    took = time.monotonic() - started
     for ws in sockets:
         assert read_until_closed(ws, timeout=3)[1] == GOING_AWAY
-    assert reloaded < 8, f"reload took {reloaded:.1f}s (GRACEFUL_TIMEOUT is 30)"
+    assert took < 8, f"{signal_them.__name__} took {took:.1f}s (GRACEFUL_TIMEOUT is 30)"
     assert "Worker graceful timeout" not in server.stderr()
+    return server, client
+
+
+def test_reload_closes_sockets_with_1001_at_once(redis_server, make_gunicorn, clients):
+    # Gunicorn.reload returns once the old workers have exited.
+    server, client = sockets_going_away(redis_server, make_gunicorn, clients, Gunicorn.reload)
     again = connect(server, client)  # the new workers take the reconnect
     assert again.connected
     again.close()
+
+
+def test_shutdown_closes_sockets_with_1001_at_once(redis_server, make_gunicorn, clients):
+    def shut_down(server):  # SIGTERM to the master; returns once it has exited
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(20)
+
+    server, _ = sockets_going_away(redis_server, make_gunicorn, clients, shut_down)
+    assert server.process.returncode == 0
+    assert "Shutting down: Master" in server.stderr()
 
 
 # -- the single writer, under a reader that never reads ----------------------------------

@@ -28,6 +28,7 @@ from tests.support.replicated import (
     ReplicatedRedis,
 )
 from tests.support.tls import LocalCA
+from tests.support.websockets import SESSION_ENDED
 
 HOSTS = ["lb", "app1", "app2", "r1", "r2", "r3", "client"]
 PASSWORD = "correct horse battery"
@@ -104,9 +105,12 @@ def failure_window(records: list[dict], since: float) -> tuple[float, float, int
             len(failed))
 
 
-def connections_from(redis, host, apps, port=REDIS_PORT) -> dict[str, int]:
-    """Connections each app host holds to a server (CLIENT LIST there)."""
+def connections_from(redis, host, apps, port=REDIS_PORT, subscribed=False) -> dict[str, int]:
+    """Connections each app host holds to a server (CLIENT LIST there);
+    subscribed: only those subscribed to a channel."""
     clients = redis.cli(host, "CLIENT", "LIST", port=port).splitlines()
+    if subscribed:
+        clients = [line for line in clients if " sub=0 " not in line]
     peers = [line.split(" addr=")[1].split(":")[0] for line in clients]
     return {app.host.name: peers.count(app.host.addr) for app in apps}
 
@@ -246,6 +250,51 @@ def test_app_follows_a_switched_primary_without_errors(bed, tmp_path):
     stale = [line for line in clients.splitlines()
              if "name=service-" in line and line.split("addr=")[1].split(":")[0] in app_addrs]
     assert stale == [], stale
+
+
+def test_events_cross_app_hosts_and_the_subscriptions_follow_a_switched_primary(bed, tmp_path):
+    """Two sessions of one user on different app hosts: revoking one from a
+    request the other host serves closes its WebSocket within 1 s with the
+    reason; only Redis pub/sub links the hosts. After a switch of the primary
+    (SENTINEL FAILOVER: the old one stays up as a replica) each host's one
+    subscription moves to the new primary, and events cross hosts again."""
+    redis = ReplicatedRedis(bed, ["r1", "r2", "r3"]).start()
+    apps = start_apps(bed, redis, tmp_path)
+    (user,) = register(bed, tmp_path, apps[0].url, 1)
+
+    def events_cross(name: str) -> list[float]:
+        plan = {"mode": "events", "targets": [a.url for a in apps], "username": user[0],
+                "password": user[1], "rounds": 4}
+        rounds = load(bed, tmp_path, plan, name)["rounds"]
+        assert {r["victim"] for r in rounds} == {a.url for a in apps}  # both directions
+        for r in rounds:
+            assert r["status"] == 204
+            assert (r["messages"], r["code"]) == (
+                [{"type": "session_ended", "reason": "revoked"}], SESSION_ENDED), r
+            assert r["seconds"] < 1.0, r
+        return [round(r["seconds"], 3) for r in rounds]
+
+    before = events_cross("events-before")
+    old = bed["r1"]
+    assert connections_from(redis, old, apps, subscribed=True) == {"app1": 1, "app2": 1}
+
+    redis.cli(bed["r2"], "SENTINEL", "FAILOVER", "mymaster", port=SENTINEL_PORT)
+    wait_until(lambda: redis.primary(bed["r2"]) is not old, 20, "a new primary", 0.2)
+    new_primary = redis.primary(bed["r2"])
+    switched_at = time.monotonic()
+
+    def moved():
+        on_new = connections_from(redis, new_primary, apps, subscribed=True)
+        on_old = connections_from(redis, old, apps, subscribed=True)
+        return on_new == {"app1": 1, "app2": 1} and on_old == {"app1": 0, "app2": 0}
+
+    # Sentinel demotes the old primary only at its next INFO (up to 10 s):
+    # the subscriptions must not wait for that.
+    wait_until(moved, 4, "the subscriptions on the new primary", 0.1)
+    moved_after = time.monotonic() - switched_at
+    after = events_cross("events-after")
+    print(f"\nevents across hosts: revocation to close {before} s; after SENTINEL FAILOVER "
+          f"the subscriptions moved within {moved_after:.1f} s, then {after} s")
 
 
 def test_login_limit_per_address_holds_across_app_hosts(bed, tmp_path):

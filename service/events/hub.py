@@ -111,7 +111,7 @@ class Hub:
             pubsub = client.pubsub()
             try:
                 pubsub.subscribe(CHANNEL)
-                while True:
+                while _on_primary(client, pubsub):
                     message = pubsub.get_message(timeout=1.0)
                     if message is None:
                         continue
@@ -126,6 +126,7 @@ class Hub:
                             continue
                         if isinstance(event, dict):
                             self.dispatch(event)
+                log.warning("live events: the primary moved; subscribing there")
             except Exception as exc:  # noqa: BLE001 - Redis lost: subscribe again
                 log.warning("live events: subscription lost (%s); retrying", exc)
             finally:
@@ -133,3 +134,11 @@ class Hub:
                     pubsub.close()
             gevent.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 5.0)
+
+
+def _on_primary(client, pubsub) -> bool:
+    """False once Sentinel names another primary than the one the
+    subscription is on (service/redis_client.py: SentinelBlockingPool.serves);
+    with a plain redis:// URL there is only the one server."""
+    serves = getattr(client.connection_pool, "serves", None)
+    return serves is None or pubsub.connection is None or serves(pubsub.connection)

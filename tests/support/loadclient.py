@@ -17,6 +17,13 @@ stay gone ("resurrected" otherwise).
 ``login_attempts``: plan["attempts"] wrong-password logins, alternating
 over targets, each claiming another address in X-Forwarded-For; the statuses
 in order.
+
+``events``: plan["rounds"] rounds, each with two new sessions of
+plan["username"]: the victim's on one of the two targets with a WebSocket to
+it (/api/events), the other on the other target, which revokes the victim's
+session; the targets swap roles every round.
+Per round: the messages and close code the victim's socket got, and the
+seconds from the revocation request to the close.
 """
 
 from __future__ import annotations
@@ -27,8 +34,10 @@ import threading
 import time
 
 import requests
+import websocket
 
 from tests.support.api import ApiClient
+from tests.support.websockets import read_until_closed
 
 
 def _call(records, lock, target, kind, action):
@@ -140,11 +149,34 @@ def run_register(plan: dict) -> dict:
     return {"statuses": statuses}
 
 
+def run_events(plan: dict) -> dict:
+    rounds = []
+    for n in range(plan["rounds"]):
+        victim_url, other_url = plan["targets"][n % 2], plan["targets"][(n + 1) % 2]
+        victim, other = ApiClient(victim_url), ApiClient(other_url)
+        for client in (victim, other):
+            assert client.login(plan["username"], plan["password"]).status_code == 200
+        (handle,) = [s["handle"] for s in victim.get("/api/sessions").json()["sessions"]
+                     if s["current"]]
+        ws = websocket.create_connection(
+            victim_url.replace("http", "ws", 1) + "/api/events", origin=victim_url,
+            cookie=f"{plan['cookie']}={victim.sid}", timeout=5)
+        time.sleep(0.1)  # past the socket's first session check
+        started = time.monotonic()
+        status = other.delete(f"/api/sessions/{handle}").status_code
+        messages, code, _ = read_until_closed(ws, timeout=3)
+        rounds.append({"victim": victim_url, "status": status, "messages": messages, "code": code,
+                       "seconds": time.monotonic() - started})
+        victim.close()
+        other.close()
+    return {"rounds": rounds}
+
+
 def main(path: str) -> None:
     with open(path) as f:
         plan = json.load(f)
     result = {"sessions": run_sessions, "login_attempts": run_login_attempts,
-              "register": run_register}[plan["mode"]](plan)
+              "register": run_register, "events": run_events}[plan["mode"]](plan)
     with open(plan["out"], "w") as f:
         json.dump(result, f)
 
