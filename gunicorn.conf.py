@@ -19,8 +19,12 @@ deploy/README.md, "6. Deploying a new version without downtime".
 import importlib
 import os
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
+import time
+from pathlib import Path
 
 APP_PACKAGE = "service"
 
@@ -86,6 +90,19 @@ accesslog = None
 errorlog = "-"
 loglevel = settings.log_level.lower()
 proc_name = settings.proc_name
+# LOG_FORMAT=json: gunicorn's own lines are JSON objects too, in the app's
+# format (service/logformat.py, standard library only).
+if settings.log_format == "json":
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "root": {"level": settings.log_level, "handlers": []},
+        "loggers": {"gunicorn.error": {"level": settings.log_level, "handlers": ["json_stderr"],
+                                       "propagate": False}},
+        "handlers": {"json_stderr": {"class": "logging.StreamHandler", "formatter": "json",
+                                     "stream": "ext://sys.stderr"}},
+        "formatters": {"json": {"()": "service.logformat.JSONFormatter"}},
+    }
 
 # -- Control socket (gunicorn >= 25.1): off unless a path is given, so that
 # several instances on one machine do not fight over ~/.gunicorn/gunicorn.ctl.
@@ -94,6 +111,127 @@ if control_socket:
     control_socket_mode = 0o600
 else:
     control_socket_disable = True
+
+
+# -- Metrics (service/metrics.py), when METRICS_BIND is set. Every worker
+# writes its values into PROMETHEUS_MULTIPROC_DIR, which must be set here,
+# before any worker imports prometheus_client; a reload (HUP) keeps it. Without
+# a directory given, each run gets a fresh one under the temp dir. The master
+# starts service/metrics_exporter.py to serve them (metrics_* hooks below).
+METRICS_TEMP_PREFIX = "service-metrics-"
+if not settings.metrics_bind:
+    # Off: workers keep their (unserved) counts in memory, never in files.
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+else:
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # On tmpfs when there is one, like worker_tmp_dir: the files are
+        # memory-mapped and written constantly; a disk would write them back.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+            prefix=METRICS_TEMP_PREFIX, dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    # Imported here, before fork and patching, on purpose: its value locks are
+    # then plain thread locks, which cost a third of gevent's per increment
+    # (bench/metrics.py). Safe: no greenlet switch can happen while one is held
+    # (a memory write), and the watchdog's monitor thread never takes them.
+    # prometheus_client holds no socket or ssl objects (service/bootguard.py).
+    import prometheus_client.multiprocess
+
+
+def metrics_dir():
+    return Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]) if settings.metrics_bind else None
+
+
+def metrics_on_starting(server):
+    """Once per run (not on reload): start from an empty directory."""
+    if directory := metrics_dir():
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+
+
+def metrics_when_ready(server):
+    if not settings.metrics_bind:
+        return
+    exporter = subprocess.Popen(
+        [sys.executable, "-m", "service.metrics_exporter", settings.metrics_bind],
+        cwd=Path(__file__).resolve().parent,
+    )
+    server.metrics_exporter = exporter  # the Arbiter outlives config reloads
+    host, port = app_config.parse_bind(settings.metrics_bind)
+    for _ in range(100):
+        if exporter.poll() is not None:
+            server.log.error("metrics exporter exited with %s", exporter.returncode)
+            return
+        try:
+            socket.create_connection((host, port), timeout=0.1).close()
+            server.log.info("Serving metrics on http://%s/metrics", settings.metrics_bind)
+            return
+        except OSError:
+            time.sleep(0.05)
+    server.log.error("metrics exporter does not answer on %s", settings.metrics_bind)
+
+
+def metrics_child_exit(server, worker):
+    # A dead worker's gauges (in flight, pool in use) must not be added up.
+    if settings.metrics_bind:
+        prometheus_client.multiprocess.mark_process_dead(worker.pid)
+
+
+def metrics_worker_started(worker):
+    if settings.metrics_bind:
+        from service import metrics
+
+        metrics.worker_starts.inc()
+
+
+def metrics_worker_exit(worker):
+    if settings.metrics_bind:
+        from service import metrics
+
+        # service.worker keeps the limit in recycle_at (its max_requests is
+        # lifted while it waits for its turn to recycle).
+        limit = getattr(worker, "recycle_at", None) or worker.max_requests
+        recycled = worker.nr >= limit
+        metrics.worker_exits.labels("recycled" if recycled else "shutdown").inc()
+
+
+def metrics_on_exit(server):
+    exporter = getattr(server, "metrics_exporter", None)
+    if exporter is not None and exporter.poll() is None:
+        exporter.terminate()
+        try:
+            exporter.wait(5)
+        except subprocess.TimeoutExpired:
+            exporter.kill()
+    directory = metrics_dir()
+    if directory and directory.name.startswith(METRICS_TEMP_PREFIX):  # made above
+        for item in directory.glob("*.db"):
+            item.unlink()
+        directory.rmdir()
+
+
+# -- Hooks that several sections share call each section's function.
+
+
+def on_starting(server):
+    metrics_on_starting(server)
+    recycling_on_starting(server)
+
+
+def when_ready(server):
+    metrics_when_ready(server)
+
+
+def child_exit(server, worker):
+    metrics_child_exit(server, worker)
+
+
+def worker_exit(server, worker):
+    metrics_worker_exit(worker)
+
+
+def on_exit(server):
+    metrics_on_exit(server)
+    recycling_on_exit(server)
 
 
 def _is_gevent(worker):
@@ -121,6 +259,7 @@ def post_fork(server, worker):
 
 def post_worker_init(worker):
     worker.is_gevent = _is_gevent(worker)  # once, not per request
+    metrics_worker_started(worker)
     if not worker.is_gevent:
         return
     problems = bootguard.problems(worker.imported_before_patch)
@@ -148,7 +287,7 @@ def post_request(worker, req, environ, resp):
 # worker's marker is there. Standard library only: these run in the master.
 
 
-def on_starting(server):
+def recycling_on_starting(server):
     server.recycle_dir = tempfile.mkdtemp(prefix="gunicorn-workers-",
                                           dir=server.cfg.worker_tmp_dir)
 
@@ -160,6 +299,6 @@ def pass_recycling_settings(server, worker):
     worker.keepalive_max_age = settings.keepalive_max_age
 
 
-def on_exit(server):
+def recycling_on_exit(server):
     if getattr(server, "recycle_dir", None):
         shutil.rmtree(server.recycle_dir, ignore_errors=True)

@@ -41,12 +41,14 @@ def init_kit(app, settings: Settings | None = None):
     from . import (
         errors,
         extensions,
+        metrics,
         middleware,
         ratelimit,
         redis_client,
         replication,
         security,
         sessions,
+        watchdog,
     )
 
     middleware.configure_logging(settings)
@@ -59,6 +61,7 @@ def init_kit(app, settings: Settings | None = None):
         TEMPLATES_AUTO_RELOAD=settings.env == "development",
     )
     app.extensions["settings"] = settings
+    request_metrics = metrics.init_app(app, settings)
 
     redis_client.init_app(app, settings)
     client = app.extensions["redis"]
@@ -87,7 +90,8 @@ def init_kit(app, settings: Settings | None = None):
         # after its own, so an app that has an error.html keeps it.
         app.register_blueprint(Blueprint("kit", __name__, template_folder="templates"))
 
-    app.wsgi_app = middleware.wrap(app.wsgi_app, settings)
+    app.wsgi_app = middleware.wrap(app.wsgi_app, settings, request_metrics)
+    watchdog.init_app(app, settings)
     return app
 
 

@@ -11,6 +11,7 @@ the master process before gevent patches anything.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import asdict, dataclass, field, replace
@@ -249,6 +250,10 @@ class Settings:
     keepalive_max_age: float = 5.0
     proc_name: str = "service"
     control_socket: str = ""
+    # Metrics (service/metrics.py) and the blocked-hub watchdog (service/watchdog.py)
+    metrics_bind: str = ""
+    metrics_allow_public: bool = False
+    blocked_hub_threshold: float = 0.0
     # live events (service/events/)
     events_ping_interval: int = 25
     events_max_connections: int = 500
@@ -315,6 +320,10 @@ class Settings:
             keepalive_max_age=_number(environ, "KEEPALIVE_MAX_AGE", 5.0, float),
             proc_name=_get(environ, "PROC_NAME", "service"),
             control_socket=_get(environ, "GUNICORN_CONTROL_SOCKET", ""),
+            metrics_bind=_get(environ, "METRICS_BIND", "") or "",
+            metrics_allow_public=_bool(environ, "METRICS_ALLOW_PUBLIC", False),
+            blocked_hub_threshold=_number(environ, "BLOCKED_HUB_THRESHOLD",
+                                          0.2 if production else 0.0, float),
             events_ping_interval=_number(environ, "EVENTS_PING_INTERVAL", 25, minimum=1),
             events_max_connections=_number(environ, "EVENTS_MAX_CONNECTIONS", 500, minimum=1),
             events_max_per_address=_number(environ, "EVENTS_MAX_PER_ADDRESS", 50, minimum=1),
@@ -439,7 +448,44 @@ def _find_problems(s: Settings) -> list[str]:
                 "FORWARDED_ALLOW_IPS='*' lets any client forge its address and scheme; "
                 "list the proxy addresses instead (nginx on a unix socket needs none)."
             )
+    if s.metrics_bind:
+        problems += metrics_bind_problems(s.metrics_bind, s.metrics_allow_public)
+    if 0 < s.blocked_hub_threshold < 0.01:
+        problems.append("BLOCKED_HUB_THRESHOLD must be 0 (off) or at least 0.01 seconds.")
     return problems
+
+
+def parse_bind(value: str) -> tuple[str, int]:
+    """host:port or [v6]:port -> (host, port); ValueError if malformed."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not _is_port(port) or int(port) == 0:
+        raise ValueError(value)
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host:
+        raise ValueError(value)
+    return host, int(port)
+
+
+def metrics_bind_problems(bind: str, allow_public: bool) -> list[str]:
+    """The metrics endpoint must not face the internet: a loopback or private
+    IP address (or localhost), unless METRICS_ALLOW_PUBLIC says otherwise."""
+    try:
+        host, _ = parse_bind(bind)
+    except ValueError:
+        return [f"METRICS_BIND={bind!r} is not host:port, e.g. 127.0.0.1:9101."]
+    if host == "localhost" or allow_public:
+        return []
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return [f"METRICS_BIND={bind!r} needs an IP address (or localhost), not a host name."]
+    if address.is_unspecified or not (address.is_loopback or address.is_private):
+        return [(
+            f"METRICS_BIND={bind!r} would serve metrics on a public or wildcard address; "
+            "use loopback (127.0.0.1:9101) or a private address, or set "
+            "METRICS_ALLOW_PUBLIC=true if a firewall really guards it."
+        )]
+    return []
 
 
 def redact_url(url: str | None) -> str | None:

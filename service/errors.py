@@ -21,6 +21,9 @@ from werkzeug.exceptions import (
     ServiceUnavailable,
 )
 
+from . import metrics
+from .logformat import REQUEST_ID_KEY
+
 RETRY_AFTER_SECONDS = 5
 
 CODES = {
@@ -113,20 +116,27 @@ def error_response(exc: HTTPException):
     code = exc.code or 500
     error = getattr(exc, "error_code", None) or CODES.get(code) or exc.name.lower().replace(" ", "_")
     message = exc.description or exc.name
+    # A server error shows the request id: a user's report leads to the log line.
+    request_id = request.environ.get(REQUEST_ID_KEY) if code >= 500 else None
+    if code == 429:
+        metrics.rate_limited.inc()
     # get_response() carries the exception's own headers (Allow, Retry-After).
     response = exc.get_response()
     if wants_json():
-        response.set_data(json.dumps({"error": error, "message": message}) + "\n")
+        body = {"error": error, "message": message}
+        if request_id:
+            body["request_id"] = request_id
+        response.set_data(json.dumps(body) + "\n")
         response.mimetype = "application/json"
     else:
-        response.set_data(
-            render_template("error.html", code=code, title=exc.name, message=message)
-        )
+        response.set_data(render_template("error.html", code=code, title=exc.name,
+                                          message=message, request_id=request_id))
         response.mimetype = "text/html"
     return response
 
 
 def handle_redis_error(exc: RedisError):
+    metrics.redis_errors.labels(type(exc).__name__).inc()
     if isinstance(exc, OutOfMemoryError):  # maxmemory reached under noeviction
         current_app.logger.warning("Redis is full: %s", exc)
         return error_response(StoreFull(retry_after=RETRY_AFTER_SECONDS))
@@ -144,6 +154,7 @@ def handle_internal_error(exc: InternalServerError):
 
 
 def handle_csrf_error(exc: CSRFError):
+    metrics.csrf_failures.inc()
     forbidden = Forbidden(
         f"{exc.description} Fetch a token from GET /api/csrf (or reload the form) "
         "and send it in the X-CSRF-Token header or the csrf_token field."

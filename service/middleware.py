@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import re
 import sys
 import time
 import uuid
 
+from greenlet import getcurrent
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wsgi import ClosingIterator
 
+from . import logformat
 from .config import Settings
+from .logformat import REQUEST_ID_KEY
 
-REQUEST_ID_KEY = "service.request_id"
 TRUSTED_KEY = "service.from_trusted_proxy"
 # What we accept from a proxy as a request id: short, no spaces or quotes, so
 # it cannot break a log line.
@@ -70,10 +71,16 @@ class TrustedProxy:
 
 
 class RequestLog:
-    """Give each request an id and log one line when its response is done."""
+    """Give each request an id and log one line when its response is done.
 
-    def __init__(self, app):
+    While it runs, the request is registered under its greenlet
+    (logformat.running): log lines carry its id. ``metrics`` (optional)
+    is told when each request starts and ends (service/metrics.py).
+    """
+
+    def __init__(self, app, metrics=None):
         self.app = app
+        self.metrics = metrics
 
     def __call__(self, environ, start_response):
         started = time.perf_counter()
@@ -83,6 +90,11 @@ class RequestLog:
         else:
             request_id = uuid.uuid4().hex
         environ[REQUEST_ID_KEY] = request_id
+        greenlet = getcurrent()
+        logformat.running[greenlet] = environ
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.started()
         status_holder = []
 
         def logging_start_response(status, headers, exc_info=None):
@@ -97,6 +109,8 @@ class RequestLog:
             path = environ.get("PATH_INFO", "") or "/"
             status = status_holder[0].split(" ", 1)[0] if status_holder else "-"
             remote_addr = environ.get("REMOTE_ADDR") or None
+            if metrics is not None:
+                metrics.finished(environ, status, duration_ms / 1000)
             access_log.info(
                 "%s %s %s %s %.1fms", method, path, status, remote_addr or "-", duration_ms,
                 extra={
@@ -108,6 +122,7 @@ class RequestLog:
                     "duration_ms": round(duration_ms, 2),
                 },
             )
+            logformat.running.pop(greenlet, None)
 
         try:
             body = self.app(environ, logging_start_response)
@@ -116,36 +131,6 @@ class RequestLog:
             raise
         # The line is written when the server closes the body: after the last byte.
         return ClosingIterator(body, log)
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-class _TextFormatter(logging.Formatter):
-    def format(self, record):
-        # A decoded path may hold %0a: escape control characters so nobody can
-        # forge a log line (the JSON format escapes them anyway).
-        line = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", super().format(record))
-        request_id = getattr(record, "request_id", None)
-        return f"{line} request_id={request_id}" if request_id else line
-
-
-class _JSONFormatter(logging.Formatter):
-    FIELDS = ("request_id", "method", "path", "status", "remote_addr", "duration_ms")
-
-    def format(self, record):
-        entry = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for name in self.FIELDS:
-            if hasattr(record, name):
-                entry[name] = getattr(record, name)
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
 
 
 HANDLER_NAME = "service-stdout"
@@ -159,15 +144,10 @@ def configure_logging(settings: Settings) -> None:
             root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stdout)
     handler.set_name(HANDLER_NAME)
-    if settings.log_format == "json":
-        handler.setFormatter(_JSONFormatter())
-    else:
-        handler.setFormatter(
-            _TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        )
+    handler.setFormatter(logformat.formatter(settings.log_format))
     root.addHandler(handler)
     root.setLevel(settings.log_level)
 
 
-def wrap(wsgi_app, settings: Settings):
-    return TrustedProxy(RequestLog(wsgi_app), settings)
+def wrap(wsgi_app, settings: Settings, metrics=None):
+    return TrustedProxy(RequestLog(wsgi_app, metrics), settings)

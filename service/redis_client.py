@@ -96,6 +96,7 @@ def make_client(
     connect_timeout: float,
     socket_timeout: float,
     retries: int,
+    name: str | None = None,
 ) -> redis.Redis:
     """A client on a bounded pool that waits instead of failing.
 
@@ -106,7 +107,8 @@ def make_client(
     Redis becomes a 503 within a second and a hung one after
     ``socket_timeout``, and a connection broken by a Redis restart is replaced
     transparently. (Long blocking commands, BLPOP with a timeout above
-    ``socket_timeout``, need a client of their own.)
+    ``socket_timeout``, need a client of their own.) With metrics on, a
+    named pool reports connections in use and waits, labelled ``name``.
     """
     retry = Retry(
         ExponentialWithJitterBackoff(cap=0.2, base=0.02),
@@ -122,6 +124,10 @@ def make_client(
         "retry": retry,
         "client_name": f"service-{os.getpid()}",
     }
+    if settings.metrics_bind and name:
+        from .metrics import timed_queue_class
+
+        options["queue_class"] = timed_queue_class(name, max_connections)
     if settings.redis_url.startswith(SENTINEL_SCHEME):
         pool = sentinel_pool(parse_sentinel_url(settings.redis_url), connect_timeout, **options)
     else:
@@ -153,6 +159,7 @@ def init_app(app, settings: Settings) -> None:
         connect_timeout=settings.redis_connect_timeout,
         socket_timeout=settings.redis_socket_timeout,
         retries=settings.redis_retries,
+        name="main",
     )
     # /readyz must answer fast even when the main pool is busy or Redis hangs.
     app.extensions["redis_probe"] = make_client(
@@ -162,6 +169,7 @@ def init_app(app, settings: Settings) -> None:
         connect_timeout=PROBE_TIMEOUT,
         socket_timeout=PROBE_TIMEOUT,
         retries=0,
+        name="probe",
     )
 
 

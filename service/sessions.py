@@ -28,6 +28,7 @@ from flask import Flask, Request, Response
 from flask.sessions import SessionInterface, SessionMixin
 from redis.exceptions import OutOfMemoryError
 
+from . import metrics
 from .config import Settings
 from .presessions import PreSession, PreSessions
 from .session_store import SessionStore, now_ms
@@ -60,6 +61,8 @@ class RedisSession(SessionMixin):
         self._dirty: set[str] = set()
         self._deleted: set[str] = set()
         self._rewrite_all = False
+        # Moved to a new id by this request (counted as rotated, not created).
+        self.rotated = False
         # Not logged in by this request (login: restart()); a new record for
         # such a session goes through the before_anonymous_record hooks once.
         self.anonymous = True
@@ -83,6 +86,7 @@ class RedisSession(SessionMixin):
             if found is None:
                 # Unknown, expired or foreign: start afresh under a new id so
                 # that nobody can choose the id of a future session.
+                metrics.session_event("expired")
                 self.sid = self._owner.store.new_id()
                 self.stored = False
                 self._data = {}
@@ -173,6 +177,7 @@ class RedisSession(SessionMixin):
         keeping the data. Returns the id the session was stored under, if any."""
         self._items()  # the data must be loaded before the old record goes
         previous = self.sid if self.stored else None
+        self.rotated = previous is not None
         self.sid = new_sid
         self.stored = False
         self.moved_from = None
@@ -188,6 +193,7 @@ class RedisSession(SessionMixin):
         self._items()
         if self.stored:
             self.moved_from, self.stored = self.sid, False
+            self.rotated = True
         self.sid = new_sid
 
     def end(self, new_sid: str) -> None:
@@ -299,6 +305,7 @@ class RedisSessionInterface(SessionInterface):
         was_new = not session.stored
         session.mark_stored(created)
         if was_new:  # a new record (created, or moved by a rotation)
+            metrics.session_event("rotated" if session.rotated else "created")
             self.set_cookie(app, response, session.sid)
             for callback in self.on_new_id:
                 callback(session)

@@ -15,6 +15,7 @@ from functools import wraps
 
 from flask import current_app, g, request, session
 
+from .. import metrics
 from ..events import publish
 from ..replication import require_replicated
 from .passwords import hash_password, verify_password
@@ -96,6 +97,7 @@ def authenticate(username, password) -> User | None:
     """The user for these credentials, or None; same work either way."""
     user = accounts().find(normalize_username(username))
     if not verify_password(user.password_hash if user else None, password):
+        metrics.login_failures.inc()
         return None
     return user
 
@@ -125,6 +127,7 @@ def end_session() -> None:
     _sessions().end(session)
     if uid and handle:
         accounts().remove_session(uid, handle)
+        metrics.session_event("logged_out")
         publish("session_ended", uid, handles=[handle], reason="logout")
     g.user = None
 
@@ -190,6 +193,7 @@ def end_sessions(user: User, only=None, keep: str | None = None,
     for handle, sid in ended.items():
         _records().delete(sid)
         accounts().remove_session(user.uid, handle)
+    metrics.session_event("revoked", len(ended))
     if ended:
         publish("session_ended", user.uid, handles=list(ended), reason=reason)
     return len(ended)
@@ -215,8 +219,10 @@ def delete_account(user: User, password) -> None:
     require_replicated()
     if not verify_password(user.password_hash, password):
         raise WrongPassword("password is wrong")
-    for sid in accounts().session_ids(user.uid).values():
+    sids = accounts().session_ids(user.uid).values()
+    for sid in sids:
         _records().delete(sid)
+    metrics.session_event("revoked", len(sids))
     accounts().drop_index(user.uid)
     accounts().delete(user)
     _sessions().end(session)

@@ -35,6 +35,21 @@ def cpu():
     return {"rounds": rounds, "total": total}
 
 
+@bp.get("/burn")
+def burn():
+    """Pure-Python work that holds the gevent hub (the watchdog's test)."""
+    deadline = time.perf_counter() + min(float(request.args.get("seconds", 0.5)), 1.0)
+    while time.perf_counter() < deadline:
+        pass
+    return {"burned": True}
+
+
+@bp.get("/boom")
+def boom():
+    """An unhandled exception whose message tries to forge a log line."""
+    raise RuntimeError("boom\n2026-01-01 00:00:00 INFO forged: line")
+
+
 @bp.get("/session")
 def read_session():
     return dict(session)

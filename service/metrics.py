@@ -1,0 +1,219 @@
+"""Prometheus metrics (prometheus_client), shared by all gunicorn workers.
+
+Under gunicorn with METRICS_BIND set, gunicorn.conf.py points
+PROMETHEUS_MULTIPROC_DIR at a directory of this run before any worker
+imports this module: every worker then writes its values to its own
+memory-mapped files there, and a small exporter process
+(service/metrics_exporter.py) adds them up when Prometheus scrapes
+METRICS_BIND. Without it (tests in process, ``flask run``) the values stay in
+this process's default registry.
+
+Labels stay bounded: the route is Flask's URL rule (``/api/sessions/<handle>``),
+never the raw path; unmatched paths share one label value.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+import weakref
+
+# prometheus_client goes multiprocess when the variable merely exists, and
+# an empty one (a .env line left blank) would put its files in the working
+# directory: empty means unset.
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR", None) == "":
+    del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+from flask import request
+from prometheus_client import Counter, Gauge, Histogram
+
+from .logformat import ROUTE_KEY
+
+UNMATCHED = "[unmatched]"
+METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
+
+http_requests = Counter(
+    "service_http_requests", "HTTP requests answered, by route template, method and status.",
+    ["route", "method", "status"])
+http_duration = Histogram(
+    "service_http_request_duration_seconds",
+    "Time from the request reaching the app to its response closed, by route template.",
+    ["route"], buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+http_in_flight = Gauge(
+    "service_http_requests_in_flight",
+    "Most requests served at once in the last second, per worker process.",
+    multiprocess_mode="liveall")
+
+worker_starts = Counter("service_worker_starts", "Worker processes that booted.")
+worker_exits = Counter(
+    "service_worker_exits",
+    "Worker processes that exited cleanly: recycled (max_requests) or shut down.", ["reason"])
+
+redis_pool_in_use = Gauge(
+    "service_redis_pool_connections_in_use",
+    "Most connections taken from the pool at once in the last second, per worker.",
+    ["pool"], multiprocess_mode="liveall")
+redis_pool_max = Gauge(
+    "service_redis_pool_max_connections", "Size of the pool, per worker.",
+    ["pool"], multiprocess_mode="liveall")
+redis_pool_wait = Histogram(
+    "service_redis_pool_wait_seconds",
+    "Waits for a free pool connection (commands that found the pool exhausted).",
+    ["pool"], buckets=(.0001, .001, .01, .05, .1, .5, 1, 2.5, 5))
+redis_pool_timeouts = Counter(
+    "service_redis_pool_timeouts", "Waits for a free pool connection that timed out.", ["pool"])
+redis_errors = Counter(
+    "service_redis_errors", "Redis errors that became a 503 answer, by exception.", ["error"])
+
+session_events = Counter(
+    "service_session_events",
+    "Session lifecycle: created, rotated, expired (found so when read), revoked, logged_out.",
+    ["event"])
+csrf_failures = Counter("service_csrf_failures", "Requests refused for a missing or bad CSRF token.")
+login_failures = Counter("service_login_failures", "Logins refused for wrong credentials.")
+rate_limited = Counter("service_rate_limited", "Requests refused by a rate limit (429).")
+hub_blocked = Counter(
+    "service_hub_blocked", "Times a greenlet held the gevent hub longer than BLOCKED_HUB_THRESHOLD.")
+
+SESSION_EVENTS = ("created", "rotated", "expired", "revoked", "logged_out")
+for _event in SESSION_EVENTS:
+    session_events.labels(_event)  # every series exists from the start, at 0
+
+
+def session_event(event: str, count: int = 1) -> None:
+    if count:
+        session_events.labels(event).inc(count)
+
+
+class RequestMetrics:
+    """Per-request counters and timings, told by middleware.RequestLog.
+
+    Labelled children are cached, and requests in flight are an int whose
+    peak is published once a second: a request costs a dict lookup and three
+    writes to the metric files (bench/metrics.py measures it).
+    """
+
+    def __init__(self):
+        self._counters: dict = {}
+        self._histograms: dict = {}
+        self.in_flight = 0
+        self._peak = Peak(http_in_flight, lambda: self.in_flight)
+
+    def started(self) -> None:
+        self.in_flight += 1
+        self._peak.see(self.in_flight)
+
+    def finished(self, environ, status: str, seconds: float) -> None:
+        self.in_flight -= 1
+        route = environ.get(ROUTE_KEY) or UNMATCHED
+        method = environ.get("REQUEST_METHOD", "")
+        key = (route, method, status)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = http_requests.labels(
+                route, method if method in METHODS else "other", status)
+        counter.inc()
+        histogram = self._histograms.get(route)
+        if histogram is None:
+            histogram = self._histograms[route] = http_duration.labels(route)
+        histogram.observe(seconds)
+
+
+class Peak:
+    """The most of something at once, kept in an int and published to a gauge
+    once a second (PUBLISH_SECONDS): a gauge written on every change would
+    cost a file write each time. ``now`` gives the current value, where the
+    next second's peak starts from."""
+
+    def __init__(self, gauge, now):
+        self.gauge = gauge
+        self.now = now
+        self.value = 0
+        _peaks.append(weakref.ref(self))
+        if not _publisher:
+            _publisher.append(threading.Thread(target=_publish_peaks, name="metrics-peaks",
+                                               daemon=True))
+            _publisher[0].start()
+
+    def see(self, value: int) -> None:
+        self.value = max(self.value, value)
+
+
+PUBLISH_SECONDS = 1.0
+_peaks: list = []  # weak references to every Peak
+_publisher: list = []  # the publishing thread (a greenlet under gevent), once started
+
+
+def _publish_peaks() -> None:
+    while True:
+        time.sleep(PUBLISH_SECONDS)
+        live = []
+        for ref in list(_peaks):
+            peak = ref()
+            if peak is None:  # its pool was reset and collected
+                _peaks.remove(ref)
+            else:
+                live.append(peak)
+        # A pool reset leaves its old queue (and Peak) until the garbage
+        # collector takes it: of several Peaks of one gauge, the largest wins.
+        largest: dict = {}
+        for peak in live:
+            largest[peak.gauge] = max(largest.get(peak.gauge, 0), peak.value)
+        for gauge, value in largest.items():
+            gauge.set(value)
+        for peak in live:
+            peak.value = peak.now()
+
+
+def record_route() -> None:
+    """before_request: note the URL rule (metrics label, watchdog line)."""
+    rule = request.url_rule
+    if rule is not None:
+        request.environ[ROUTE_KEY] = rule.rule
+
+
+def timed_queue_class(pool_name: str, max_connections: int):
+    """A queue class for redis-py's BlockingConnectionPool (``queue_class``)
+    that reports connections in use and waits for a free one.
+
+    The pool keeps one slot per connection in this queue (None: not yet
+    made), so in use = size - queued. Kept cheap, since it runs for every
+    Redis command: only a get that finds the queue empty is timed, and the
+    most connections in use at once is a Peak, published once a second."""
+    wait = redis_pool_wait.labels(pool_name)
+    timeouts = redis_pool_timeouts.labels(pool_name)
+    in_use = redis_pool_in_use.labels(pool_name)
+    redis_pool_max.labels(pool_name).set(max_connections)
+
+    class TimedLifoQueue(queue.LifoQueue):
+        def __init__(self, maxsize=0):
+            super().__init__(maxsize)
+            self.peak = Peak(in_use, lambda: self.maxsize - len(self.queue))
+
+        def get(self, block=True, timeout=None):
+            if self.queue:  # a connection (or a slot for one) is free
+                item = super().get(block, timeout)
+            else:
+                started = time.perf_counter()
+                try:
+                    item = super().get(block, timeout)
+                except queue.Empty:
+                    timeouts.inc()
+                    raise
+                finally:
+                    wait.observe(time.perf_counter() - started)
+            self.peak.see(self.maxsize - len(self.queue))
+            return item
+
+    return TimedLifoQueue
+
+
+def init_app(app, settings) -> RequestMetrics | None:
+    """Per-request metrics when METRICS_BIND is set; the event counters
+    (sessions, logins, ...) always count (a few µs, in memory when unserved).
+    The route is always noted: the watchdog's log line names it too."""
+    # Registered before the other extensions' hooks, which may answer first.
+    app.before_request(record_route)
+    return RequestMetrics() if settings.metrics_bind else None
