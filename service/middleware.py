@@ -5,10 +5,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
 import re
 import sys
 import time
-import uuid
 
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wsgi import ClosingIterator
@@ -69,11 +69,21 @@ class TrustedProxy:
         return self.app(environ, start_response)
 
 
-class RequestLog:
-    """Give each request an id and log one line when its response is done."""
+def _with_id(headers, request_id):
+    """The response's headers with our X-Request-ID (never a second one)."""
+    headers = [(k, v) for k, v in headers if k.lower() != "x-request-id"]
+    headers.append(("X-Request-ID", request_id))
+    return headers
 
-    def __init__(self, app):
+
+class RequestLog:
+    """Give each request an id and, with ``log_requests``, log one line when
+    its response is done (ACCESS_LOG; off by default in production, where
+    nginx writes the same line with the same request id)."""
+
+    def __init__(self, app, log_requests: bool = True):
         self.app = app
+        self.log_requests = log_requests
 
     def __call__(self, environ, start_response):
         started = time.perf_counter()
@@ -81,15 +91,20 @@ class RequestLog:
         if environ.get(TRUSTED_KEY) and REQUEST_ID_PATTERN.fullmatch(given):
             request_id = given
         else:
-            request_id = uuid.uuid4().hex
+            request_id = os.urandom(16).hex()  # uuid4().hex's length, a third of its cost
         environ[REQUEST_ID_KEY] = request_id
+
+        if not (self.log_requests and access_log.isEnabledFor(logging.INFO)):
+            def id_start_response(status, headers, exc_info=None):
+                return start_response(status, _with_id(headers, request_id), exc_info)
+
+            return self.app(environ, id_start_response)
+
         status_holder = []
 
         def logging_start_response(status, headers, exc_info=None):
             status_holder[:] = [status]
-            headers = [(k, v) for k, v in headers if k.lower() != "x-request-id"]
-            headers.append(("X-Request-ID", request_id))
-            return start_response(status, headers, exc_info)
+            return start_response(status, _with_id(headers, request_id), exc_info)
 
         def log():
             duration_ms = (time.perf_counter() - started) * 1000
@@ -170,4 +185,4 @@ def configure_logging(settings: Settings) -> None:
 
 
 def wrap(wsgi_app, settings: Settings):
-    return TrustedProxy(RequestLog(wsgi_app), settings)
+    return TrustedProxy(RequestLog(wsgi_app, settings.access_log), settings)
