@@ -22,6 +22,7 @@ TRUSTED_KEY = "service.from_trusted_proxy"
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 access_log = logging.getLogger("service.access")
+MAX_REMEMBERED_PEERS = 4096
 
 
 class TrustedProxy:
@@ -45,6 +46,9 @@ class TrustedProxy:
             if item != "*"
         ]
         self.fixed = ProxyFix(app, x_for=self.hops, x_proto=self.hops, x_host=0, x_port=0)
+        # peer address -> verdict: parsing an address and matching it against
+        # the networks costs more than the rest of this middleware together.
+        self.verdicts: dict[str, bool] = {}
 
     def is_trusted(self, environ) -> bool:
         if self.hops == 0:
@@ -52,6 +56,14 @@ class TrustedProxy:
         peer = environ.get("REMOTE_ADDR") or ""
         if self.any_peer or not peer or peer.startswith("unix:"):
             return True
+        verdict = self.verdicts.get(peer)
+        if verdict is None:
+            if len(self.verdicts) >= MAX_REMEMBERED_PEERS:
+                self.verdicts.clear()  # exposed directly, clients are many: stay bounded
+            verdict = self.verdicts[peer] = self._judge(peer)
+        return verdict
+
+    def _judge(self, peer: str) -> bool:
         try:
             address = ipaddress.ip_address(peer)
         except ValueError:
