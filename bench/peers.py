@@ -491,7 +491,7 @@ def main() -> int:
                         help="rounds; the peers' order is reversed every other round (2)")
     parser.add_argument("--quick", action="store_true", help="1 round, 1 s warm-up, 3 s cells")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (2)")
-    parser.add_argument("--timeout", type=float, default=2, help="wrk per-request timeout (2 s)")
+    parser.add_argument("--timeout", type=float, default=5, help="wrk per-request timeout (5 s)")
     parser.add_argument("--json", default=None, help="where to write the results "
                         "(default docs/performance/peers.json)")
     parser.add_argument("--no-doc", action="store_true",
