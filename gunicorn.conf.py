@@ -126,6 +126,8 @@ def post_worker_init(worker):
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+    # Headers and body in one send, Date formatted once a second.
+    importlib.import_module("service.gunicorn_response").install()
     worker.is_gevent = _is_gevent(worker)  # once, not per request
     if not worker.is_gevent:
         return
