@@ -31,7 +31,7 @@ HOST = "app.test"
 NAMES = (HOST, "www.app.test")
 MAX_BODY = 4096
 HSTS = ("Strict-Transport-Security", "max-age=63072000; includeSubDomains")
-HEADER_TIMEOUT = 2  # seconds; production renders 10s
+HEADER_TIMEOUT = 2  # seconds; production renders 5s
 FINGERPRINTED = "app.0123abcd.css"
 
 

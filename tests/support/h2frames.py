@@ -26,11 +26,14 @@ def header_block(*pairs: tuple[str, str]) -> bytes:
     return block
 
 
-def connect(port: int, server_name: str, context: ssl.SSLContext) -> ssl.SSLSocket:
-    """A TLS connection to 127.0.0.1 that negotiated h2 and sent its preface."""
+def connect(port: int, server_name: str, context: ssl.SSLContext,
+            source: str | None = None) -> ssl.SSLSocket:
+    """A TLS connection to 127.0.0.1 (optionally from another loopback
+    address) that negotiated h2 and sent its preface."""
     context.set_alpn_protocols(["h2"])
-    tls = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5),
-                              server_hostname=server_name)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5,
+                                   source_address=(source, 0) if source else None)
+    tls = context.wrap_socket(raw, server_hostname=server_name)
     assert tls.selected_alpn_protocol() == "h2"
     tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(SETTINGS, 0, 0))
     return tls
