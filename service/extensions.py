@@ -3,9 +3,25 @@
 from functools import partial
 
 import flask_limiter
+from flask import current_app, request
 from flask.globals import request_ctx
 from flask_limiter.util import get_remote_address
-from flask_wtf.csrf import CSRFProtect
+from flask_wtf import csrf as flask_wtf_csrf
+
+
+class CSRFProtect(flask_wtf_csrf.CSRFProtect):
+    """Flask-WTF's CSRF check, asking the cheap question first.
+
+    Its before-request hook looks up view and blueprint exemptions before it
+    looks at the method; a GET, HEAD or OPTIONS needs neither (the result is
+    the same: no check).
+    """
+
+    def protect(self, apply_exemptions=False):
+        if request.method not in current_app.config["WTF_CSRF_METHODS"]:
+            return
+        super().protect(apply_exemptions)
+
 
 # Flask-WTF: a well-kept CSRF implementation (HMAC-signed tokens bound to a
 # secret kept in the server-side session), with form helpers for the pages.
