@@ -468,8 +468,9 @@ def write_doc(report: dict, rows, cells, peers, peers_bin: Path) -> None:
                   f"{h['failed']} failed, {h['timeouts']} timeouts, {h['non2xx']} non-2xx, "
                   f"mean {h['mean_ms']}, app CPU {h['app_cpu_us']:.0f} us per request "
                   "(gunicorn only; nginx's own CPU not counted)."), ""]
-    if report.get("notes"):
-        lines += ["## Notes", "", *report["notes"], ""]
+    notes = DOCS / "performance-notes.md"
+    if notes.exists():  # hand-written: what moved what; kept across runs
+        lines += [notes.read_text().rstrip(), ""]
     DOCS.mkdir(exist_ok=True)
     (DOCS / "performance.md").write_text("\n".join(lines))
 
@@ -502,7 +503,16 @@ def main() -> int:
     parser.add_argument("--no-doc", action="store_true",
                         help="do not rewrite docs/performance.md and its charts")
     parser.add_argument("--no-h2load", action="store_true", help="skip the nginx + h2load cell")
+    parser.add_argument("--render", metavar="JSON",
+                        help="only rewrite docs/performance.md from an earlier run's JSON")
     args = parser.parse_args()
+    if args.render:
+        report = json.loads(Path(args.render).read_text())
+        report["json"] = args.render
+        cells = [tuple(cell) for cell in report["cells"]]
+        write_doc(report, report["summary"], cells, report["peers"], ensure_peers_venv())
+        print(f"wrote {DOCS / 'performance.md'}")
+        return 0
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 3, 1
     if not (1 <= args.rounds <= 5 and 1 <= args.duration <= 60 and 0 <= args.warmup <= 10):
