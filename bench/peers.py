@@ -446,7 +446,8 @@ def write_doc(report: dict, rows, cells, peers, peers_bin: Path) -> None:
         f"- versions: {report['versions']}",
         "",
         "wrk runs on the same cores as the servers; absolute figures move with whatever else",
-        "runs on the machine. Compare the ratios, measured in the same run.",
+        "runs on the machine. Compare the ratios, measured in the same run. Only the kit and",
+        "Flask-Session keep sessions in Redis: the other peers' `/session` is a signed cookie.",
         "",
         "## Targets",
         "",
@@ -576,7 +577,8 @@ def main() -> int:
         "load_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "versions": f"python {platform.python_version()}, gunicorn {gunicorn.__version__}, "
                     f"gevent {gevent.__version__}; peers: "
-                    + ", ".join(line for line in PEERS_REQUIREMENTS.read_text().split()
+                    + ", ".join(line for line in
+                                PEERS_REQUIREMENTS.read_text().split("# Transitive")[0].split()
                                 if "==" in line),
         "cells": cells, "peers": peers, "args": vars(args),
         "results": results, "summary": rows, "targets": target_lines, "h2load": h2,
