@@ -122,18 +122,36 @@ wait_any_child() {
 
 # start_private_redis DIR: a redis-server reachable only through DIR/redis.sock
 # (no TCP port, socket mode 700), with the service's settings
-# (deploy/redis/service.conf: AOF, fsync every second) and its AOF in DIR;
-# exports REDIS_URL.
+# (deploy/redis/service.conf: AOF, fsync every second, noeviction) and its AOF in DIR;
+# exports REDIS_URL. scripts/run and scripts/stack use the same DIR, so they
+# share the data; when the other one already runs it, it is shared, not
+# started twice (two servers must never write one AOF), and it stops with
+# the script that started it.
 start_private_redis() {
-  local dir=$1
+  local dir=$1 lock
   mkdir -p "$dir"
   chmod 700 "$dir"
-  rm -f "$dir/redis.sock"
-  spawn redis-server "$ROOT/deploy/redis/service.conf" --port 0 \
-    --unixsocket "$dir/redis.sock" --unixsocketperm 700 \
-    --dir "$dir" --save "" --logfile "$dir/redis.log"
-  for _ in $(seq 100); do [ -S "$dir/redis.sock" ] && break; sleep 0.05; done
-  [ -S "$dir/redis.sock" ] || die "redis-server did not start; see $dir/redis.log"
   export REDIS_URL="unix://$dir/redis.sock"
-  say "private Redis at $REDIS_URL"
+  exec {lock}>"$dir/start.lock"
+  flock "$lock"  # one script at a time past this point
+  if [ -S "$dir/redis.sock" ] && redis_answers "$dir/redis.sock"; then
+    say "sharing the private Redis at $REDIS_URL (it stops with the script that started it)"
+  else
+    rm -f "$dir/redis.sock"
+    spawn redis-server "$ROOT/deploy/redis/service.conf" --port 0 \
+      --unixsocket "$dir/redis.sock" --unixsocketperm 700 \
+      --dir "$dir" --save "" --logfile "$dir/redis.log"
+    for _ in $(seq 100); do [ -S "$dir/redis.sock" ] && break; sleep 0.05; done
+    [ -S "$dir/redis.sock" ] || die "redis-server did not start; see $dir/redis.log"
+    say "private Redis at $REDIS_URL"
+  fi
+  flock -u "$lock"
+  exec {lock}>&-
+}
+
+# redis_answers SOCKET: a redis-server answers PING on that unix socket.
+redis_answers() {
+  "$VENV/bin/python" -c 'import sys, redis
+redis.Redis(unix_socket_path=sys.argv[1], socket_timeout=1, socket_connect_timeout=1).ping()' \
+    "$1" >/dev/null 2>&1
 }

@@ -20,7 +20,7 @@ def check(env_file: str | None, quiet: bool = False) -> int:
     settings = Settings.from_env()
     if not quiet:
         print(json.dumps(settings.redacted(), indent=2))
-    problems = list(settings.problems)
+    problems = list(settings.problems) + redis_memory_problems(settings)
     if not settings.production:
         problems.insert(
             0, f"APP_ENV={settings.env}: set APP_ENV=production for a production deployment."
@@ -32,6 +32,58 @@ def check(env_file: str | None, quiet: bool = False) -> int:
         return 1
     print("\nProduction-ready.", file=sys.stderr)
     return 0
+
+
+# What Redis does when it reaches maxmemory (deploy/README.md, "2. Redis").
+# Under noeviction writes fail (the app answers 503 store_full) and reads go
+# on. Every other policy deletes data: allkeys-* any key, accounts included
+# (they have no TTL); volatile-* the keys with a TTL, so every session and
+# rate-limit counter at once (everyone logged out, the login limits reset).
+SAFE_EVICTION_POLICY = "noeviction"
+
+
+def _one_shot_client(settings: Settings):
+    """A client with 1 s timeouts; through the sentinels to the primary for
+    redis+sentinel:// (service/redis_client.py), which redis-py cannot open."""
+    import redis
+
+    from .redis_url import SENTINEL_SCHEME
+
+    if settings.redis_url.startswith(SENTINEL_SCHEME):
+        from .redis_client import make_client
+
+        return make_client(settings, max_connections=1, pool_timeout=1, connect_timeout=1,
+                           socket_timeout=1, retries=0)
+    return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1,
+                                decode_responses=True)
+
+
+def redis_memory_problems(settings: Settings) -> list[str]:
+    """Ask the Redis at REDIS_URL (1 s timeouts) what it does when full: the
+    problems found; what could not be checked is printed as a note."""
+    if settings.problems or not settings.redis_url:
+        return []  # asked once the settings themselves are valid (REDIS_URL among them)
+    import redis
+
+    try:
+        with _one_shot_client(settings) as client:
+            config = client.config_get("maxmemory*")
+    except (redis.RedisError, ValueError) as exc:  # ValueError: a URL redis-py cannot open
+        print(f"note: could not check Redis' maxmemory-policy ({type(exc).__name__}: {exc}); "
+              f"it must be {SAFE_EVICTION_POLICY} (deploy/README.md, 2. Redis).", file=sys.stderr)
+        return []
+    policy = config.get("maxmemory-policy", "")
+    if policy != SAFE_EVICTION_POLICY:
+        return [
+            f"Redis has maxmemory-policy {policy}: when full it deletes "
+            + ("any key, accounts included" if policy.startswith("allkeys")
+               else "every key with a TTL: all sessions and rate-limit counters at once")
+            + f". Set maxmemory-policy {SAFE_EVICTION_POLICY} (deploy/README.md, 2. Redis)."
+        ]
+    if config.get("maxmemory") == "0":
+        print("note: Redis has no maxmemory: when the host runs out of memory the kernel "
+              "kills Redis; set one with headroom (deploy/README.md, 2. Redis).", file=sys.stderr)
+    return []
 
 
 def main(argv=None) -> int:

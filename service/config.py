@@ -16,6 +16,8 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from .redis_url import SENTINEL_SCHEME, parse_sentinel_url
+
 ENVIRONMENTS = ("development", "production", "test")
 MIN_SECRET_BYTES = 32
 
@@ -49,7 +51,7 @@ PLACEHOLDER_WORDS = ("changeme", "change-me", "change_me", "replace-me", "replac
                      "replace-with", "your-secret", "you-will-never-guess")
 
 DEFAULT_WORKER_CLASS = "service.worker.GeventWorker"
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
 SAMESITE_VALUES = ("Lax", "Strict")
 HOST_PREFIX = "__Host-"
 
@@ -217,6 +219,8 @@ class Settings:
     redis_connect_timeout: float = 1.0
     redis_socket_timeout: float = 2.0
     redis_retries: int = 2
+    redis_wait_replicas: int = 0
+    redis_wait_timeout: float = 1.0
     session_cookie_name: str = "__Host-session"
     session_cookie_secure: bool = True
     session_cookie_samesite: str = "Lax"
@@ -225,6 +229,7 @@ class Settings:
     max_content_length: int = 1024 * 1024
     auth_rate_limit: str = "20 per minute"
     login_failure_limit: str = "5 per 15 minutes"
+    anonymous_session_limit: str = "30 per minute"
     allowed_hosts: tuple[str, ...] = ()
     proxy_hops: int = 1
     forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
@@ -244,6 +249,11 @@ class Settings:
     keepalive: int = 75
     proc_name: str = "service"
     control_socket: str = ""
+    # live events (service/events/)
+    events_ping_interval: int = 25
+    events_max_connections: int = 500
+    events_max_per_address: int = 50
+    events_max_per_session: int = 10
     problems: tuple[str, ...] = field(default=(), compare=False)
 
     @classmethod
@@ -272,6 +282,8 @@ class Settings:
             redis_connect_timeout=_number(environ, "REDIS_CONNECT_TIMEOUT", 1.0, float, 0.05),
             redis_socket_timeout=_number(environ, "REDIS_SOCKET_TIMEOUT", 2.0, float, 0.05),
             redis_retries=_number(environ, "REDIS_RETRIES", 2, minimum=0),
+            redis_wait_replicas=_number(environ, "REDIS_WAIT_REPLICAS", 0, minimum=0),
+            redis_wait_timeout=_number(environ, "REDIS_WAIT_TIMEOUT", 1.0, float, 0.01),
             session_cookie_name=_get(environ, "SESSION_COOKIE_NAME", cookie_default),
             session_cookie_secure=_bool(environ, "SESSION_COOKIE_SECURE", secure_default),
             session_cookie_samesite=samesite,
@@ -282,6 +294,8 @@ class Settings:
             max_content_length=_number(environ, "MAX_CONTENT_LENGTH", 1024 * 1024, minimum=1024),
             auth_rate_limit=_rate_limit(environ, "AUTH_RATE_LIMIT", "20 per minute"),
             login_failure_limit=_rate_limit(environ, "LOGIN_FAILURE_LIMIT", "5 per 15 minutes"),
+            anonymous_session_limit=_rate_limit(environ, "ANONYMOUS_SESSION_LIMIT",
+                                                "30 per minute"),
             allowed_hosts=_list(environ, "ALLOWED_HOSTS", hosts_default),
             proxy_hops=_number(environ, "PROXY_HOPS", 1, minimum=0),
             forwarded_allow_ips=_list(environ, "FORWARDED_ALLOW_IPS", ("127.0.0.1", "::1")),
@@ -303,6 +317,10 @@ class Settings:
             keepalive=_number(environ, "KEEPALIVE", 75),
             proc_name=_get(environ, "PROC_NAME", "service"),
             control_socket=_get(environ, "GUNICORN_CONTROL_SOCKET", ""),
+            events_ping_interval=_number(environ, "EVENTS_PING_INTERVAL", 25, minimum=1),
+            events_max_connections=_number(environ, "EVENTS_MAX_CONNECTIONS", 500, minimum=1),
+            events_max_per_address=_number(environ, "EVENTS_MAX_PER_ADDRESS", 50, minimum=1),
+            events_max_per_session=_number(environ, "EVENTS_MAX_PER_SESSION", 10, minimum=1),
         )
         # One line per variable: a value already refused is not judged again.
         later = [p for p in _find_problems(settings) if not p.startswith(tuple(environ.bad_names))]
@@ -370,9 +388,28 @@ def _find_problems(s: Settings) -> list[str]:
             f"REDIS_URL must start with one of {', '.join(REDIS_SCHEMES)}, "
             f"got {redact_url(s.redis_url)!r}."
         )
+    elif s.redis_url.startswith(SENTINEL_SCHEME):
+        try:
+            parse_sentinel_url(s.redis_url)
+        except ValueError as exc:
+            problems.append(
+                f"REDIS_URL {redact_url(s.redis_url)!r}: {exc}; write "
+                "redis+sentinel://[user:password@]host:26379,host:26379/mymaster/0."
+            )
+    if s.redis_wait_replicas and s.redis_wait_timeout >= s.redis_socket_timeout:
+        problems.append(
+            "REDIS_WAIT_TIMEOUT must be shorter than REDIS_SOCKET_TIMEOUT: WAIT holds the "
+            "connection that long before Redis answers."
+        )
     if s.session_absolute_timeout < s.session_idle_timeout:
         problems.append(
             "SESSION_ABSOLUTE_TIMEOUT must not be shorter than SESSION_IDLE_TIMEOUT."
+        )
+    if s.events_max_connections >= s.worker_connections:
+        problems.append(
+            f"EVENTS_MAX_CONNECTIONS={s.events_max_connections} must be below "
+            f"WORKER_CONNECTIONS={s.worker_connections}: every live-event WebSocket holds one "
+            "of a worker's connections, and requests need the rest."
         )
     if s.session_cookie_samesite not in SAMESITE_VALUES:
         problems.append(

@@ -1,4 +1,4 @@
-"""Abuse limits on credentials (Flask-Limiter, counters in Redis).
+"""Abuse limits on credentials and new sessions (Flask-Limiter, counters in Redis).
 
 * ``auth_per_ip``: every attempt that submits a password (login,
   registration, password change, account deletion) counts against the client
@@ -11,6 +11,10 @@
 * ``failures_per_user``: the same for the logged-in user's own password
   checks (password change, account deletion), keyed on the session's user,
   never on anything in the request body.
+* ``anonymous_session_per_ip``: new session records of visitors who are
+  not logged in, per client address (ANONYMOUS_SESSION_LIMIT), checked by the
+  session layer itself (``before_anonymous_record``) when such a record is
+  about to be made. Their CSRF tokens need none (``service/presessions.py``).
 
 Over a limit: 429 with Retry-After. Failures are counted when the response
 is known, so a burst of parallel guesses can exceed LOGIN_FAILURE_LIMIT by
@@ -19,8 +23,13 @@ what AUTH_RATE_LIMIT still lets through from that address.
 
 from __future__ import annotations
 
+import math
+import time
+
 from flask import current_app, request, session
 from flask_limiter.util import get_remote_address
+from limits import parse
+from werkzeug.exceptions import TooManyRequests
 
 from .accounts.store import normalize_username
 from .extensions import limiter
@@ -62,3 +71,19 @@ failures_per_user = limiter.limit(
     deduct_when=_failed,
     methods=ATTEMPTS,
 )
+
+
+def anonymous_session_per_ip() -> None:
+    """Session hook: a visitor who is not logged in is about to get a session
+    record. Count it against the address (ANONYMOUS_SESSION_LIMIT); over the
+    limit, 429 with Retry-After and nothing is stored."""
+    item = parse(_settings().anonymous_session_limit)
+    key = (current_app.config["RATELIMIT_KEY_PREFIX"], "anonymous-session", get_remote_address())
+    strategy = limiter.limiter
+    if strategy.hit(item, *key):
+        return
+    reset_at = strategy.get_window_stats(item, *key).reset_time
+    raise TooManyRequests(
+        "Too many new sessions from your address; please retry later.",
+        retry_after=max(1, math.ceil(reset_at - time.time())),
+    )

@@ -11,6 +11,12 @@
   exists, and a logout holding the old id ends the new one too.
 * The cookie carries only the id and has no expiry; the server decides when
   the session ends (the store's idle and absolute timeouts).
+* A visitor who is not logged in and has nothing to store but Flask-WTF's
+  CSRF secret gets no record: the secret is derived from a signed value in
+  the cookie (``presessions``). A record is made once the session holds more
+  (its CSRF secret moves into it, so tokens handed out keep working); for a
+  visitor who is not logged in, that first goes through the
+  ``before_anonymous_record`` hooks (the per-address limit).
 """
 
 from __future__ import annotations
@@ -23,16 +29,16 @@ from flask.sessions import SessionInterface, SessionMixin
 from redis.exceptions import OutOfMemoryError
 
 from .config import Settings
-from .session_store import Record, SessionStore, now_ms
+from .presessions import PreSession, PreSessions
+from .session_store import SessionStore, now_ms
 
 
 class RedisSession(SessionMixin):
-    """A session whose data is fetched on first use, with ``load(sid)``."""
+    """A session whose data is fetched from the interface's store on first use."""
 
-    def __init__(self, sid: str, stored: bool, load: Callable[[str], Record | None],
-                 new_id: Callable[[], str]):
-        self._load = load
-        self._new_id = new_id
+    def __init__(self, sid: str, stored: bool, owner: RedisSessionInterface, csrf_key: str):
+        self._owner = owner
+        self._csrf_key = csrf_key
         self.sid = sid
         # The id the request's cookie named, if it had the right shape.
         self.cookie_sid = sid if stored else None
@@ -54,6 +60,15 @@ class RedisSession(SessionMixin):
         self._dirty: set[str] = set()
         self._deleted: set[str] = set()
         self._rewrite_all = False
+        # Not logged in by this request (login: restart()); a new record for
+        # such a session goes through the before_anonymous_record hooks once.
+        self.anonymous = True
+        self._admitted = False
+        # While the session holds nothing but the CSRF secret of a
+        # pre-session: that pre-session, and whether the request's cookie
+        # already carries it.
+        self.pre_session: PreSession | None = None
+        self.pre_session_in_cookie = False
 
     def _items(self) -> dict[str, Any]:
         self.accessed = True
@@ -61,14 +76,14 @@ class RedisSession(SessionMixin):
             if self.load_error is not None:
                 raise self.load_error
             try:
-                found = self._load(self.sid)
+                found = self._owner.store.peek(self.sid)
             except Exception as exc:
                 self.load_error = exc
                 raise
             if found is None:
                 # Unknown, expired or foreign: start afresh under a new id so
                 # that nobody can choose the id of a future session.
-                self.sid = self._new_id()
+                self.sid = self._owner.store.new_id()
                 self.stored = False
                 self._data = {}
             else:
@@ -82,11 +97,26 @@ class RedisSession(SessionMixin):
     def __setitem__(self, key: str, value: Any) -> None:
         if not isinstance(key, str):
             raise TypeError("session keys must be strings")
-        self._items()[key] = value
+        data = self._items()
+        new_record = not self.stored and self.moved_from is None
+        if key == self._csrf_key and new_record and self.anonymous and set(data) <= {key}:
+            # Only a CSRF secret (Flask-WTF's random one): a pre-session's
+            # instead, kept in the cookie rather than in Redis.
+            self.resume(self._owner.pre_sessions.issue(), in_cookie=False)
+            return
+        if new_record and self.anonymous and not self._admitted:
+            for hook in self._owner.before_anonymous_record:
+                hook()
+            self._admitted = True
+        # More than a CSRF secret: a record, which keeps the pre-session's
+        # secret (changes() writes every key of a new record).
+        self.pre_session = None
+        data[key] = value
         self._dirty.add(key)
         self._deleted.discard(key)
 
     def __delitem__(self, key: str) -> None:
+        self.pre_session = None
         del self._items()[key]
         self._dirty.discard(key)
         self._deleted.add(key)
@@ -126,6 +156,11 @@ class RedisSession(SessionMixin):
         pass
 
     # -- what the interface needs ------------------------------------------
+    def resume(self, pre: PreSession, in_cookie: bool) -> None:
+        """Hold nothing but the CSRF secret of this pre-session."""
+        self.pre_session, self.pre_session_in_cookie = pre, in_cookie
+        self._data = {self._csrf_key: self._owner.pre_sessions.csrf_secret(pre)}
+
     def changes(self) -> tuple[dict[str, Any], set[str]]:
         """(values to write, keys to remove) for the next save."""
         data = self._data or {}
@@ -141,6 +176,8 @@ class RedisSession(SessionMixin):
         self.sid = new_sid
         self.stored = False
         self.moved_from = None
+        self.anonymous = False
+        self.pre_session = None
         self.created_ms = None
         self._deleted.clear()
         self._rewrite_all = True
@@ -161,6 +198,7 @@ class RedisSession(SessionMixin):
             i for i in (self.cookie_sid, self.moved_from, self.sid if self.stored else None) if i
         )
         self.sid, self.cookie_sid, self.stored, self.moved_from = new_sid, None, False, None
+        self.anonymous, self._admitted, self.pre_session = True, False, None
         self.created_ms = None
         self._data = {}
         self._dirty.clear()
@@ -176,18 +214,27 @@ class RedisSession(SessionMixin):
 class RedisSessionInterface(SessionInterface):
     """Flask's session interface; see the module docstring for the guarantees."""
 
-    def __init__(self, store: SessionStore):
+    def __init__(self, store: SessionStore, pre_sessions: PreSessions):
         self.store = store
+        self.pre_sessions = pre_sessions
+        # Called (no arguments) before a session that is not logged in gets
+        # its first record; a hook may raise an HTTPException (429) instead.
+        self.before_anonymous_record: list[Callable[[], None]] = []
         # Called with the session once it is stored under a new id (created
         # or rotated); the accounts index sessions here, so that an index
         # entry never points at a key that does not exist yet.
         self.on_new_id: list[Callable[[RedisSession], None]] = []
 
     def open_session(self, app: Flask, request: Request) -> RedisSession:
-        sid = request.cookies.get(self.get_cookie_name(app), "")
-        if self.store.is_id(sid):
-            return RedisSession(sid, True, self.store.peek, self.store.new_id)
-        return RedisSession(self.store.new_id(), False, self.store.peek, self.store.new_id)
+        value = request.cookies.get(self.get_cookie_name(app), "")
+        csrf_key = app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
+        if self.store.is_id(value):
+            return RedisSession(value, True, self, csrf_key)
+        session = RedisSession(self.store.new_id(), False, self, csrf_key)
+        pre = self.pre_sessions.open(value) if value else None
+        if pre is not None:  # no Redis round trip at all
+            session.resume(pre, in_cookie=True)
+        return session
 
     def regenerate(self, session: RedisSession) -> None:
         """Login: the session starts anew under a new id (its absolute
@@ -227,6 +274,10 @@ class RedisSessionInterface(SessionInterface):
     def _save(self, app: Flask, session: RedisSession, response: Response) -> None:
         for sid in session.ended_ids:
             self.store.delete(sid)
+        if session.pre_session is not None:
+            self._send_pre_session(app, session.pre_session, session.pre_session_in_cookie,
+                                   response)
+            return
         if not session:
             if session.stored or session.moved_from:
                 self.store.delete(session.moved_from or session.sid)
@@ -247,10 +298,19 @@ class RedisSessionInterface(SessionInterface):
             return
         was_new = not session.stored
         session.mark_stored(created)
-        if was_new:
+        if was_new:  # a new record (created, or moved by a rotation)
             self.set_cookie(app, response, session.sid)
             for callback in self.on_new_id:
                 callback(session)
+
+    def _send_pre_session(self, app: Flask, pre: PreSession, in_cookie: bool,
+                          response: Response) -> None:
+        """Set the pre-session's cookie if the client lacks it, or sign it
+        anew when used after half its idle timeout."""
+        if in_cookie:
+            pre = self.pre_sessions.renewed(pre)
+        if pre is not None:
+            self.set_cookie(app, response, pre.cookie)
 
     def _touch(self, app: Flask, session: RedisSession) -> None:
         try:
@@ -291,4 +351,6 @@ def init_app(app: Flask, client, settings: Settings) -> None:
     )
     store = SessionStore(client, settings.session_idle_timeout, settings.session_absolute_timeout)
     app.extensions["session_store"] = store
-    app.session_interface = RedisSessionInterface(store)
+    pre_sessions = PreSessions(settings.secret_key, settings.session_idle_timeout,
+                               settings.session_absolute_timeout)
+    app.session_interface = RedisSessionInterface(store, pre_sessions)

@@ -35,6 +35,7 @@ class GeventWorker(_GeventWorker):
 
     def run(self):
         gevent.spawn(self._close_idle_on_shutdown)
+        gevent.spawn(self._run_shutdown_callbacks)
         super().run()
 
     def timeout_ctx(self):
@@ -69,6 +70,19 @@ class GeventWorker(_GeventWorker):
             # that began after shutdown expire on their own (SHUTDOWN_GRACE).
             if since <= cutoff:
                 greenlet.kill(timeout, block=False)
+
+    # -- Long-lived connections (service/shutdown.py): live-event WebSockets
+    # close with 1001 "going away" as soon as shutdown begins, instead of
+    # holding the worker until graceful_timeout.
+    def _run_shutdown_callbacks(self):
+        while self.alive:
+            gevent.sleep(0.1)
+        # Imported now, not with this module: the master forgets the app's
+        # modules before it forks (gunicorn.conf.py), so the callbacks are in
+        # the copy the app imported in this worker.
+        from service import shutdown
+
+        shutdown.run()
 
 
 class _IdleWait:

@@ -6,27 +6,13 @@ import shutil
 import pytest
 
 from tests.support.api import PASSWORD, new_username
-from tests.support.processes import require_binary
+from tests.support.browser import start_chrome
 
 
 @pytest.fixture(scope="module")
 def chrome(tmp_path_factory):
-    binary = require_binary("chromium", "chromium")
-    driver_path = require_binary("chromedriver", "chromium-driver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
     profile = tmp_path_factory.mktemp("chromium-profile")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic",
-                 f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
-    driver.set_page_load_timeout(20)
+    driver = start_chrome(profile)
     yield driver
     driver.quit()
     shutil.rmtree(profile, ignore_errors=True)

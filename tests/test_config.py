@@ -151,6 +151,7 @@ BAD_VALUES = [
     ("BIND", "localhost:http"),
     ("AUTH_RATE_LIMIT", "twenty a minute"),
     ("LOGIN_FAILURE_LIMIT", "5 per fortnight"),
+    ("ANONYMOUS_SESSION_LIMIT", "lots"),
     ("LOG_LEVEL", "loud"),
     ("LOG_FORMAT", "xml"),
     ("SESSION_COOKIE_SECURE", "maybe"),

@@ -22,7 +22,8 @@ def test_refuses_settings_with_problems_and_lists_every_one(redis_server):
         assert problem in message
 
 
-@pytest.mark.parametrize("name", ["AUTH_RATE_LIMIT", "LOGIN_FAILURE_LIMIT"])
+@pytest.mark.parametrize("name", ["AUTH_RATE_LIMIT", "LOGIN_FAILURE_LIMIT",
+                                  "ANONYMOUS_SESSION_LIMIT"])
 def test_refuses_a_rate_limit_it_cannot_parse(redis_server, name):
     settings = Settings.from_env(base_env(redis_server.url, **{name: "lots"}))
     with pytest.raises(ConfigError, match=f"{name}='lots' is not a rate limit"):

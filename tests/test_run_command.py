@@ -4,7 +4,6 @@ port, and Ctrl-C leaves nothing running."""
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,45 +11,8 @@ from pathlib import Path
 import redis
 import requests
 
-from tests.support.processes import ROOT, ManagedProcess, free_port, require_binary, wait_until
-
-
-def copy_tracked_files(dest: Path) -> None:
-    # What a fresh clone would hold, plus files not committed yet (not ignored).
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                           cwd=ROOT, capture_output=True,
-                           check=True).stdout.split(b"\0")
-    for name in filter(None, files):
-        source = ROOT / name.decode()
-        if source.is_file():
-            target = dest / name.decode()
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(source.read_bytes())
-            target.chmod(source.stat().st_mode)
-
-
-def descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+from tests.support.processes import ManagedProcess, free_port, require_binary, wait_until
+from tests.support.scripts import alive, copy_tracked_files, descendants
 
 
 def test_run_command_serves_and_ctrl_c_stops_everything(tmp_path):

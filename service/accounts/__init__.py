@@ -15,6 +15,8 @@ from functools import wraps
 
 from flask import current_app, g, request, session
 
+from ..events import publish
+from ..replication import require_replicated
 from .passwords import hash_password, verify_password
 from .store import (
     AccountStore,
@@ -29,8 +31,9 @@ from .store import (
 
 __all__ = [
     "AccountStore", "User", "UsernameTaken", "ValidationFailed", "WrongPassword",
-    "authenticate", "change_password", "current_user", "delete_account", "end_session",
-    "list_sessions", "register", "revoke_other_sessions", "revoke_session", "start_session",
+    "authenticate", "change_password", "current_user", "delete_account", "describe_sessions",
+    "end_session", "end_sessions", "list_sessions", "register", "revoke_other_sessions",
+    "revoke_session", "start_session",
 ]
 
 USER_AGENT_MAX = 200
@@ -99,6 +102,7 @@ def authenticate(username, password) -> User | None:
 
 def start_session(user: User) -> None:
     """Log in: a new session id (the old one dies), fresh CSRF secret."""
+    require_replicated()
     _sessions().regenerate(session)
     session.clear()
     handle = secrets.token_urlsafe(12)
@@ -116,10 +120,12 @@ def start_session(user: User) -> None:
 
 def end_session() -> None:
     """Log out: the session is deleted in Redis when this response is saved."""
+    require_replicated()
     uid, handle = session.get("uid"), session.get("handle")
     _sessions().end(session)
     if uid and handle:
         accounts().remove_session(uid, handle)
+        publish("session_ended", uid, handles=[handle], reason="logout")
     g.user = None
 
 
@@ -129,11 +135,18 @@ def index_session(stored_session) -> None:
     if uid and handle:
         accounts().add_session(uid, handle, stored_session.sid,
                                current_app.extensions["settings"].session_absolute_timeout)
+        publish("sessions_changed", uid)  # the other sessions' pages list it
 
 
 def list_sessions(user: User) -> list[dict]:
+    """The user's live sessions, this request's first."""
+    return describe_sessions(user, current=session.get("handle"))
+
+
+def describe_sessions(user: User, current: str | None = None) -> list[dict]:
+    """The user's live sessions (``current`` first, then the latest seen);
+    outside a request too (``flask sessions list``)."""
     store = _records()
-    current = session.get("handle")
     found = []
     for handle, sid in accounts().session_ids(user.uid).items():
         stored = store.peek(sid)
@@ -154,35 +167,44 @@ def list_sessions(user: User) -> list[dict]:
 
 def revoke_session(user: User, handle: str) -> bool:
     """End one of the user's sessions by its handle; False if there is none."""
+    require_replicated()
     if handle == session.get("handle"):
         end_session()
         return True
-    sid = accounts().session_ids(user.uid).get(handle)
-    if sid is None:
-        return False
-    _records().delete(sid)
-    accounts().remove_session(user.uid, handle)
-    return True
+    return end_sessions(user, only={handle}) == 1
 
 
-def revoke_other_sessions(user: User) -> int:
-    current = session.get("handle")
-    others = {h: s for h, s in accounts().session_ids(user.uid).items() if h != current}
-    for handle, sid in others.items():
+def revoke_other_sessions(user: User, reason: str = "revoked") -> int:
+    require_replicated()
+    return end_sessions(user, keep=session.get("handle"), reason=reason)
+
+
+def end_sessions(user: User, only=None, keep: str | None = None,
+                 reason: str = "revoked") -> int:
+    """End the user's sessions in Redis (those handles ``only``, all but
+    ``keep``); outside a request too (``flask sessions end``). How many
+    there were. This request's own session ends with end_session(). Their
+    live-event sockets hear why (service/events)."""
+    ended = {h: sid for h, sid in accounts().session_ids(user.uid).items()
+             if h != keep and (only is None or h in only)}
+    for handle, sid in ended.items():
         _records().delete(sid)
         accounts().remove_session(user.uid, handle)
-    return len(others)
+    if ended:
+        publish("session_ended", user.uid, handles=list(ended), reason=reason)
+    return len(ended)
 
 
 def change_password(user: User, current_password, new_password) -> None:
     """New password; every other session ends and this one gets a new id."""
+    require_replicated()
     problems = password_problem(new_password, "new_password")
     if problems:
         raise ValidationFailed(problems)
     if not verify_password(user.password_hash, current_password):
         raise WrongPassword("current password is wrong")
     session["epoch"] = accounts().set_password(user.uid, hash_password(new_password))
-    revoke_other_sessions(user)
+    revoke_other_sessions(user, reason="password")
     # A new id for this session too; its CSRF secret carries over, so the
     # client's token keeps working (the API answers 204 with no new token),
     # and its absolute timeout still counts from login.
@@ -190,6 +212,7 @@ def change_password(user: User, current_password, new_password) -> None:
 
 
 def delete_account(user: User, password) -> None:
+    require_replicated()
     if not verify_password(user.password_hash, password):
         raise WrongPassword("password is wrong")
     for sid in accounts().session_ids(user.uid).values():
@@ -197,4 +220,5 @@ def delete_account(user: User, password) -> None:
     accounts().drop_index(user.uid)
     accounts().delete(user)
     _sessions().end(session)
+    publish("session_ended", user.uid, reason="deleted")  # every session
     g.user = None

@@ -166,5 +166,16 @@ class AccountStore:
             self.redis.hdel(self.index_key(uid), *dead)
         return {h: s for h, s in entries.items() if h not in dead}
 
+    def prune_session_indexes(self) -> int:
+        """Prune every user's index (``flask sessions purge-index``): entries
+        of users who never come back are otherwise pruned only when the
+        index expires. Returns how many entries were removed."""
+        removed = 0
+        for key in self.redis.scan_iter(match=self.index_key("*"), count=500):
+            uid = key.decode().removeprefix("user:").removesuffix(":sessions")
+            before = self.redis.hlen(key)
+            removed += max(0, before - len(self.session_ids(uid)))
+        return removed
+
     def drop_index(self, uid: str) -> None:
         self.redis.delete(self.index_key(uid))

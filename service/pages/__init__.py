@@ -18,6 +18,17 @@ from .forms import ConfirmForm, CredentialsForm, DeleteAccountForm, PasswordForm
 
 bp = Blueprint("pages", __name__)
 
+# Why a page was sent to the login page (service/static/events.js): fixed
+# texts by code, so the query string cannot put words on the page.
+LOGGED_OUT = {
+    "logout": "You logged out in another tab or window.",
+    "revoked": "This session was ended from another session.",
+    "password": "Your password was changed; log in with the new one.",
+    "deleted": "The account was deleted.",
+    "expired": "Your session expired. Log in again.",
+    "ended": "Your session has ended. Log in again.",
+}
+
 
 def safe_next(target: str | None, default: str = "/account") -> str:
     """Only same-origin paths: no scheme, no host, no '//' or '\\' tricks."""
@@ -87,7 +98,8 @@ def login():
     elif form.is_submitted():
         status = 422
     return render_template("login.html", form=form, next=target,
-                           registered="registered" in request.args), status
+                           registered="registered" in request.args,
+                           reason=LOGGED_OUT.get(request.args.get("reason", ""))), status
 
 
 @bp.post("/logout")

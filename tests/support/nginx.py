@@ -4,7 +4,7 @@ Interface (kept stable; tests/test_nginx.py and the Let's Encrypt tests use it):
 
     nginx = Nginx(
         directory,                        # its own dir: conf/ (rendered), prefix/ (logs, pid, tmp)
-        upstream="unix:/path/gunicorn.sock",
+        upstream="unix:/path/gunicorn.sock",   # or a list of app hosts' address:port
         certs=[(cert, key), ...],         # [] is fine with render_args=("--http-only",)
         ca_file=ca.cert_path,             # what clients trust (curl --cacert, request())
         server_names=("app.test",),       # resolved to 127.0.0.1 by the helpers below
@@ -67,14 +67,15 @@ class _ResolvedHTTPS(http.client.HTTPSConnection):
 
 
 class Nginx(ManagedProcess):
-    def __init__(self, directory: Path, *, upstream: str, certs=(), ca_file=None,
+    def __init__(self, directory: Path, *, upstream: str | list[str], certs=(), ca_file=None,
                  server_names=("app.test",), acme_root=None, static_root=None,
-                 render_args=()):
+                 render_args=(), listen: str = "127.0.0.1"):
         self.binary = require_binary("nginx", "nginx")
         self.directory = Path(directory)
         self.conf_dir = self.directory / "conf"
         self.prefix = self.directory / "prefix"
-        self.upstream = upstream
+        self.upstreams = [upstream] if isinstance(upstream, str) else list(upstream)
+        self.listen = listen
         self.certs = list(certs)
         self.ca_file = ca_file
         self.server_names = tuple(server_names)
@@ -91,12 +92,13 @@ class Nginx(ManagedProcess):
     def render_command(self) -> list[str]:
         command = [
             sys.executable, str(RENDER), "--standalone", "--out", str(self.conf_dir),
-            "--prefix", str(self.prefix), "--upstream", self.upstream,
-            "--listen", "127.0.0.1", "--http-port", str(self.http_port),
+            "--prefix", str(self.prefix), "--listen", self.listen, "--http-port", str(self.http_port),
             "--https-port", str(self.https_port), "--acme-root", str(self.acme_root),
             "--static-root", str(self.static_root), "--nginx", self.binary,
             "--app-python", sys.executable,
         ]
+        for upstream in self.upstreams:
+            command += ["--upstream", upstream]
         for name in self.server_names:
             command += ["--server-name", name]
         for cert, key in self.certs:

@@ -1,0 +1,1 @@
+"""Working examples for README.md's "Extending it"; tests/test_extending.py runs them."""
