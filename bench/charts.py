@@ -26,10 +26,10 @@ def charts(rows, cells, peers, out_dir: Path) -> list[str]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     names = []
-    for key, title, file in (("rps", "requests per second (higher is better)", "rps.png"),
-                             ("p99", "p99 latency, ms (lower is better)", "p99.png"),
+    for key, title, file in (("rps", "requests per second (higher is better)", "peers-rps.png"),
+                             ("p99", "p99 latency, ms (lower is better)", "peers-p99.png"),
                              ("cpu_us", "server CPU per request, us (lower is better)",
-                              "cpu.png")):
+                              "peers-cpu.png")):
         fig, ax = plt.subplots(figsize=(11, 4.5))
         width = 0.8 / len(peers)
         for i, peer in enumerate(peers):

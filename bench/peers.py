@@ -52,6 +52,7 @@ from tests.support.processes import (
 )
 
 PEERS_VENV = BENCH / ".venv-peers"
+BEGIN, END = "<!-- bench/peers.py: begin -->", "<!-- bench/peers.py: end -->"
 PEERS_REQUIREMENTS = BENCH / "requirements-peers.txt"
 DOCS = ROOT / "docs"
 ROUTES = ("io", "hello", "cpu", "redis", "session")
@@ -434,10 +435,11 @@ def write_doc(report: dict, rows, cells, peers, peers_bin: Path) -> None:
     else:
         print(f"charts failed:\n{done.stderr[-2000:]}", file=sys.stderr)
     lines = [
-        "# Performance: the kit against its peers",
+        BEGIN,
+        "## The kit against its peers (`bench/peers.py`)",
         "",
-        "Produced by `bench/peers.py` (bench/README.md says how to run it and what each",
-        "peer is). Regenerate with the command below; this file is overwritten.",
+        "Written by `bench/peers.py` between these markers (bench/README.md says how to run",
+        "it and what each peer is); the rest of this file is left alone.",
         "",
         f"- command: `{report['command']}`",
         f"- date: {report['date']}",
@@ -449,31 +451,40 @@ def write_doc(report: dict, rows, cells, peers, peers_bin: Path) -> None:
         "runs on the machine. Compare the ratios, measured in the same run. Only the kit and",
         "Flask-Session keep sessions in Redis: the other peers' `/session` is a signed cookie.",
         "",
-        "## Targets",
+        "### Targets",
         "",
         *report["targets"],
         "",
-        "## Charts",
+        "### Charts",
         "",
         *[f"![{name}](performance/{name})" for name in chart_files],
         "",
-        "## Table (mean of the rounds; req/s range in brackets)",
+        "### Table (mean of the rounds; req/s range in brackets)",
         "",
         *table_lines(rows),
         "",
     ]
     if report.get("h2load"):
         h = report["h2load"]
-        lines += ["## Through nginx", "",
+        lines += ["### Through nginx", "",
                   (f"{h['cell']}: {h['rps']:,.0f} req/s, {h['requests']:,} requests, "
                   f"{h['failed']} failed, {h['timeouts']} timeouts, {h['non2xx']} non-2xx, "
                   f"mean {h['mean_ms']}, app CPU {h['app_cpu_us']:.0f} us per request "
                   "(gunicorn only; nginx's own CPU not counted)."), ""]
     notes = DOCS / "performance-notes.md"
     if notes.exists():  # hand-written: what moved what; kept across runs
-        lines += [notes.read_text().rstrip(), ""]
+        lines += [notes.read_text().rstrip()]
+    lines.append(END)
     DOCS.mkdir(exist_ok=True)
-    (DOCS / "performance.md").write_text("\n".join(lines))
+    doc = DOCS / "performance.md"
+    text = doc.read_text() if doc.exists() else "# Performance\n"
+    section = "\n".join(lines)
+    if BEGIN in text and END in text:
+        head, _, rest = text.partition(BEGIN)
+        text = head + section + rest.partition(END)[2]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    doc.write_text(text)
 
 
 def parse_list(text: str | None, allowed, kind=str):
