@@ -125,10 +125,10 @@ def start_server(peer: str, directory: Path, redis_url: str, peers_bin: Path):
             LOG_FORMAT=os.environ.get("BENCH_KIT_LOG_FORMAT", "text"),
             LOG_LEVEL="INFO",
         )
-        for name in ("KIT_EXTRA_ENV",):  # e.g. KIT_EXTRA_ENV="ACCESS_LOG=false GEVENT_LOOP=libuv"
-            for item in os.environ.get(name, "").split():
-                key, _, value = item.partition("=")
-                env[key] = value
+        # Settings to try on the kit: KIT_EXTRA_ENV="ACCESS_LOG=true GEVENT_LOOP=libuv".
+        for item in os.environ.get("KIT_EXTRA_ENV", "").split():
+            key, _, value = item.partition("=")
+            env[key] = value
         server = Gunicorn(directory, env, app="bench.kit_app:app")
         server.start(timeout=30)
         return server
