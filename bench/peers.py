@@ -1,7 +1,7 @@
 """The full kit against its peers, same routes, one sitting.
 
-    .venv/bin/python bench/peers.py               # default cells, 2 rounds: ~15 min
-    .venv/bin/python bench/peers.py --quick       # 1 round, short cells: ~3 min
+    .venv/bin/python bench/peers.py               # default cells, 2 rounds: ~18 min
+    .venv/bin/python bench/peers.py --quick       # 1 round, short cells: ~5 min
     .venv/bin/python bench/peers.py --routes io,hello --conns 10,100,1000 --rounds 3
 
 Peers (2 workers each, fresh redis-server and server per cell, loopback):
