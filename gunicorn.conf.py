@@ -16,6 +16,7 @@ fork, so no worker reuses an old version. What a HUP does not reload:
 deploy/README.md, "6. Deploying a new version without downtime".
 """
 
+import gc
 import importlib
 import os
 import shutil
@@ -27,6 +28,9 @@ import time
 from pathlib import Path
 
 APP_PACKAGE = "service"
+# Allocations minus deallocations before a young-generation collection
+# (Python's default: 700); see post_worker_init.
+GC_YOUNG_THRESHOLD = 20_000
 
 
 def forget_app_modules():
@@ -258,6 +262,16 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
+    # The app is loaded. Its modules, app object and clients live as long as
+    # the worker: freeze them out of the cyclic collector's scans, and let
+    # the youngest generation grow larger before a collection. With 1,000
+    # requests in flight the collector took 15 % of a worker's CPU on /io
+    # (3 % in bare Flask); frozen and at 20,000: 2 % (perf samples, bench/README.md).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+    # Headers and body in one send, Date formatted once a second.
+    importlib.import_module("service.gunicorn_response").install()
     worker.is_gevent = _is_gevent(worker)  # once, not per request
     metrics_worker_started(worker)
     if not worker.is_gevent:

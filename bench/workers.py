@@ -109,9 +109,9 @@ def parse_wrk(output: str) -> dict:
 
 
 def wrk(binary: str, url: str, connections: int, seconds: float, threads: int,
-        timeout: float) -> str:
+        timeout: float, extra: list[str] = ()) -> str:
     cmd = [binary, f"-t{min(threads, connections)}", f"-c{connections}", f"-d{seconds:g}s",
-           f"--timeout={timeout:g}s", "--latency", url]
+           f"--timeout={timeout:g}s", "--latency", *extra, url]
     # Bounded twice: wrk's own duration, and a hard limit here.
     done = subprocess.run(cmd, check=False, capture_output=True, text=True,
                           timeout=seconds + timeout + 30)

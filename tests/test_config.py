@@ -33,6 +33,12 @@ def test_production_defaults_are_secure():
     assert s.session_cookie_samesite == "Lax"
 
 
+def test_the_app_access_log_is_off_in_production_where_nginx_writes_it():
+    assert Settings.from_env(PROD).access_log is False
+    assert Settings.from_env({**PROD, "ACCESS_LOG": "true"}).access_log is True
+    assert Settings.from_env({**PROD, "APP_ENV": "development"}).access_log is True
+
+
 def test_unset_app_env_means_production():
     assert Settings.from_env({k: v for k, v in PROD.items() if k != "APP_ENV"}).production
 
@@ -149,6 +155,7 @@ BAD_VALUES = [
     ("LOG_LEVEL", "loud"),
     ("LOG_FORMAT", "xml"),
     ("SESSION_COOKIE_SECURE", "maybe"),
+    ("ACCESS_LOG", "sometimes"),
     ("REDIS_POOL_TIMEOUT", "soon"),
     ("APP_ENV", "staging"),
 ]

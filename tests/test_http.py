@@ -3,6 +3,7 @@ negotiation and the Host check are pure logic, tested in process (the
 `client` fixture); the rest through real gunicorn."""
 
 import json
+import re
 
 import pytest
 import requests
@@ -95,6 +96,17 @@ def test_forwarded_headers_from_a_trusted_proxy_are_used(service):
     assert r.json() == {"remote_addr": "198.51.100.7", "scheme": "https",
                         "request_id": "proxy-given-id-42"}
     assert r.headers["X-Request-ID"] == "proxy-given-id-42"
+
+
+def test_without_the_access_log_requests_still_get_an_id_and_no_line(redis_server,
+                                                                    make_gunicorn):
+    server = make_gunicorn(base_env(redis_server.url, ACCESS_LOG="false")).start()
+    ids = {requests.get(server.url + "/healthz", timeout=5).headers["X-Request-ID"]
+           for _ in range(3)}
+    assert len(ids) == 3 and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    server.stop()
+    assert not any(i in server.stdout() for i in ids), server.stdout()
+    assert "service.access" not in server.stdout()
 
 
 def test_forwarded_headers_from_anyone_else_are_ignored(redis_server, make_gunicorn):
