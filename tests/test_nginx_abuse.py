@@ -150,7 +150,9 @@ def percentile(samples: list[float], fraction: float) -> float:
 
 
 def test_http2_rapid_reset_burst_is_bounded_and_others_stay_fast(nginx_front):
-    nginx, gunicorn = nginx_front(host=HOST)
+    # The app's own access line (off by default in production) counts what
+    # reached the app.
+    nginx, gunicorn = nginx_front(host=HOST, ACCESS_LOG="true")
     # What one address may push to the app, as rendered: an immediate allowance
     # (limit_req delay=) and a sustained rate (limit_req_zone rate=).
     app_delay = rendered(nginx, "snippets/proxy.conf", r"limit_req zone=\w+_app .*delay=(\d+);")
