@@ -308,7 +308,7 @@ class Settings:
             log_format=log_format,
             log_level=log_level,
             # nginx logs every request with the same request id (deploy/nginx):
-            # the app's line would cost ~40 us of CPU per request (README).
+            # the app's line would cost ~50 us of CPU per request (README).
             access_log=_bool(environ, "ACCESS_LOG", not production),
             bind=_binds(environ, "BIND", ("127.0.0.1:8000",)),
             backlog=_number(environ, "BACKLOG", 2048, minimum=1),

@@ -28,7 +28,7 @@ import time
 
 from flask import current_app, request, session
 from flask_limiter.util import get_remote_address
-from limits import parse
+from limits import parse_many
 from werkzeug.exceptions import TooManyRequests
 
 from .accounts.store import normalize_username
@@ -77,12 +77,14 @@ def anonymous_session_per_ip() -> None:
     """Session hook: a visitor who is not logged in is about to get a session
     record. Count it against the address (ANONYMOUS_SESSION_LIMIT); over the
     limit, 429 with Retry-After and nothing is stored."""
-    item = parse(_settings().anonymous_session_limit)
     key = (current_app.config["RATELIMIT_KEY_PREFIX"], "anonymous-session", get_remote_address())
     strategy = limiter.limiter
-    if strategy.hit(item, *key):
+    # Every limit of the setting counts ("30/minute;200/hour"), as `check` accepts.
+    refused = [item for item in parse_many(_settings().anonymous_session_limit)
+               if not strategy.hit(item, *key)]
+    if not refused:
         return
-    reset_at = strategy.get_window_stats(item, *key).reset_time
+    reset_at = max(strategy.get_window_stats(item, *key).reset_time for item in refused)
     raise TooManyRequests(
         "Too many new sessions from your address; please retry later.",
         retry_after=max(1, math.ceil(reset_at - time.time())),

@@ -36,7 +36,7 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{43}")
 
 # How long an old id names the id its record moved to: longer than any
 # request sent with the old id can take to reach its save (nginx gives up on
-# a response after 60 s, deploy/nginx/snippets/proxy.conf.in).
+# a response after 60 s, deploy/nginx/snippets/proxy.conf.j2).
 SUCCESSOR_TTL_MS = 120_000
 
 log = logging.getLogger(__name__)

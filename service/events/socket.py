@@ -38,7 +38,6 @@ MAX_MESSAGE = 4096
 RECEIVE_BYTES = 4096
 
 GOING_AWAY = 1001
-POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
 # Application range (RFC 6455, 7.4.2): the session is over, do not reconnect.
 SESSION_ENDED = 4001
