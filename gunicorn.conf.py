@@ -5,7 +5,8 @@ service.config: a bad value stops the start with one line naming it. Order
 matters here: this file runs in the master *before* the workers patch the
 standard library, so it imports nothing but the standard library and
 service.config / service.bootguard, which are import-light on purpose
-(python-dotenv and the limits parser, no client library). The app itself
+(python-dotenv and the limits parser, no client library), plus
+prometheus_client's multiprocess module when METRICS_BIND is set. The app itself
 (wsgi:app) is imported in each worker after gevent patched it; keep
 preload_app off, or ssl and client libraries load unpatched (gunicorn #2796).
 
