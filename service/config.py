@@ -212,54 +212,55 @@ def _is_port(port: str) -> bool:
 
 @dataclass(frozen=True)
 class Settings:
+    # Defaults live in from_env, the one place that builds Settings.
     env: str
     secret_key: str | None
     redis_url: str | None
-    redis_max_connections: int = 50
-    redis_pool_timeout: float = 5.0
-    redis_connect_timeout: float = 1.0
-    redis_socket_timeout: float = 2.0
-    redis_retries: int = 2
-    redis_wait_replicas: int = 0
-    redis_wait_timeout: float = 1.0
-    session_cookie_name: str = "__Host-session"
-    session_cookie_secure: bool = True
-    session_cookie_samesite: str = "Lax"
-    session_idle_timeout: int = 3600
-    session_absolute_timeout: int = 43200
-    max_content_length: int = 1024 * 1024
-    auth_rate_limit: str = "20 per minute"
-    login_failure_limit: str = "5 per 15 minutes"
-    anonymous_session_limit: str = "30 per minute"
-    allowed_hosts: tuple[str, ...] = ()
-    proxy_hops: int = 1
-    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
-    log_format: str = "text"
-    log_level: str = "INFO"
-    access_log: bool = True
+    redis_max_connections: int
+    redis_pool_timeout: float
+    redis_connect_timeout: float
+    redis_socket_timeout: float
+    redis_retries: int
+    redis_wait_replicas: int
+    redis_wait_timeout: float
+    session_cookie_name: str
+    session_cookie_secure: bool
+    session_cookie_samesite: str
+    session_idle_timeout: int
+    session_absolute_timeout: int
+    max_content_length: int
+    auth_rate_limit: str
+    login_failure_limit: str
+    anonymous_session_limit: str
+    allowed_hosts: tuple[str, ...]
+    proxy_hops: int
+    forwarded_allow_ips: tuple[str, ...]
+    log_format: str
+    log_level: str
+    access_log: bool
     # gunicorn (gunicorn.conf.py)
-    bind: tuple[str, ...] = ("127.0.0.1:8000",)
-    backlog: int = 2048
-    workers: int = 1
-    worker_class: str = DEFAULT_WORKER_CLASS
-    worker_connections: int = 1000
-    max_requests: int = 10000
-    max_requests_jitter: int = 1000
-    worker_timeout: int = 30
-    graceful_timeout: int = 30
-    keepalive: int = 75
-    keepalive_max_age: float = 5.0
-    proc_name: str = "service"
-    control_socket: str = ""
+    bind: tuple[str, ...]
+    backlog: int
+    workers: int
+    worker_class: str
+    worker_connections: int
+    max_requests: int
+    max_requests_jitter: int
+    worker_timeout: int
+    graceful_timeout: int
+    keepalive: int
+    keepalive_max_age: float
+    proc_name: str
+    control_socket: str
     # Metrics (service/metrics.py) and the blocked-hub watchdog (service/watchdog.py)
-    metrics_bind: str = ""
-    metrics_allow_public: bool = False
-    blocked_hub_threshold: float = 0.0
+    metrics_bind: str
+    metrics_allow_public: bool
+    blocked_hub_threshold: float
     # live events (service/events/)
-    events_ping_interval: int = 25
-    events_max_connections: int = 500
-    events_max_per_address: int = 50
-    events_max_per_session: int = 10
+    events_ping_interval: int
+    events_max_connections: int
+    events_max_per_address: int
+    events_max_per_session: int
     problems: tuple[str, ...] = field(default=(), compare=False)
 
     @classmethod
