@@ -88,8 +88,7 @@ class GeventWorker(_GeventWorker):
         with one worker fewer: stock gunicorn spends up to 1 s noticing the
         stop and then waits for in-flight requests in steps of 1 s.
         """
-        gevent.spawn(self._close_idle_on_shutdown)
-        gevent.spawn(self._run_shutdown_callbacks)
+        gevent.spawn(self._on_shutdown)
         if self.board is not None:
             # Runs at the first switch to the hub: the servers accept by then.
             gevent.spawn(self._watch_board)
@@ -216,11 +215,21 @@ class GeventWorker(_GeventWorker):
                               "%s workers accept (now %s), the newest for %s s", self.nr,
                               self.pid, self.expected_workers, accepting, RECYCLE_SETTLE)
 
-    def _close_idle_on_shutdown(self):
+    def _on_shutdown(self):
+        """Once shutdown begins (TERM, HUP, recycling): stop counting as
+        accepting, close long-lived connections (service/shutdown.py:
+        live-event WebSockets go away with 1001 instead of holding the worker
+        until graceful_timeout), then close idle keep-alive connections."""
         while self.alive:
             gevent.sleep(0.1)
         if self.board is not None:
             self.board.leave()  # also on TERM/HUP: this worker accepts no more
+        # Imported now, not with this module: the master forgets the app's
+        # modules before it forks (gunicorn.conf.py), so the callbacks are in
+        # the copy the app imported in this worker.
+        from service import shutdown
+
+        gevent.spawn(shutdown.run)
         gevent.sleep(SHUTDOWN_GRACE)
         cutoff = time.monotonic() - SHUTDOWN_GRACE
         for greenlet, (timeout, since) in list(self.idle_waits.items()):
@@ -229,19 +238,6 @@ class GeventWorker(_GeventWorker):
             # that began after shutdown expire on their own (SHUTDOWN_GRACE).
             if since <= cutoff:
                 greenlet.kill(timeout, block=False)
-
-    # -- Long-lived connections (service/shutdown.py): live-event WebSockets
-    # close with 1001 "going away" as soon as shutdown begins, instead of
-    # holding the worker until graceful_timeout.
-    def _run_shutdown_callbacks(self):
-        while self.alive:
-            gevent.sleep(0.1)
-        # Imported now, not with this module: the master forgets the app's
-        # modules before it forks (gunicorn.conf.py), so the callbacks are in
-        # the copy the app imported in this worker.
-        from service import shutdown
-
-        shutdown.run()
 
 
 class _IdleWait:
