@@ -213,7 +213,9 @@ def timed_queue_class(pool_name: str, max_connections: int):
 def init_app(app, settings) -> RequestMetrics | None:
     """Per-request metrics when METRICS_BIND is set; the event counters
     (sessions, logins, ...) always count (a few µs, in memory when unserved).
-    The route is always noted: the watchdog's log line names it too."""
-    # Registered before the other extensions' hooks, which may answer first.
-    app.before_request(record_route)
+    The route is noted for the metrics' labels and the watchdog's log line,
+    so only while one of them is on."""
+    if settings.metrics_bind or settings.blocked_hub_threshold:
+        # Registered before the other extensions' hooks, which may answer first.
+        app.before_request(record_route)
     return RequestMetrics() if settings.metrics_bind else None
