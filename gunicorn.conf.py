@@ -192,6 +192,7 @@ def metrics_worker_exit(worker):
     if settings.metrics_bind:
         from service import metrics
 
+        metrics.publish()  # the last second's requests
         # service.worker keeps the limit in recycle_at (its max_requests is
         # lifted while it waits for its turn to recycle).
         limit = getattr(worker, "recycle_at", None) or worker.max_requests

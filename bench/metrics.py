@@ -10,12 +10,13 @@ wrk loads /healthz (no Redis: the per-request overhead at its largest
 relative share) and /readyz (a Redis PING through an instrumented pool).
 The figure is the worker's CPU time (utime + stime from /proc) divided by the
 requests wrk completed, so a busy machine changes throughput but much less
-the CPU each request costs. On a shared machine it still varies by tens of
-percent from one run to the next, so the script also times the instrumentation
-itself (what RequestLog and the Redis pool call per request, in a process set
-up as a gunicorn worker is: multiprocess files, prometheus_client imported
-before gevent patches, then patched), and gives it as a share of the
-worker's CPU per request measured here. See bench/README.md.
+the CPU each request costs. On a shared machine it still varies by +-5 % from
+one run to the next, more than metrics cost, so the script also times the
+app's whole WSGI stack (middleware, Flask, hooks, the view) in process with
+metrics off and on, in processes set up as a gunicorn worker is (multiprocess
+files, prometheus_client imported before gevent patches, then patched), and
+gives the difference as a share of the worker's CPU per request measured
+here. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -79,44 +80,64 @@ def measure(binary, redis, directory: Path, name: str, args, paths) -> dict[str,
             gunicorn.stop()
 
 
-# Run in a fresh interpreter, set up as a gunicorn worker with metrics on.
-MICRO = """
-import os, sys, time, timeit
-import prometheus_client.multiprocess  # imported by the master, as gunicorn.conf.py does
+# Run in a fresh interpreter, set up as a gunicorn worker is: with metrics on,
+# the multiprocess files and prometheus_client imported before gevent patches
+# (gunicorn.conf.py does it in the master), then patched.
+STACK = """
+import io, os, secrets, sys, tempfile, timeit
+mode, root, redis_url = sys.argv[1:4]
+if mode == "on":
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="bench-metrics-mp-")
+    os.environ["METRICS_BIND"] = "127.0.0.1:9"  # never served here
+    import prometheus_client.multiprocess
 from gevent import monkey
 monkey.patch_all()
-sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, root)
+os.environ.update(DOTENV_PATH=os.devnull, APP_ENV="test", SECRET_KEY=secrets.token_urlsafe(48),
+                  REDIS_URL=redis_url, LOG_LEVEL="WARNING", LOG_FORMAT="text")
+import gc
+from tests.support.testapp import app
 from service import metrics
-request = metrics.RequestMetrics()
-environ = {"service.route": "/healthz", "REQUEST_METHOD": "GET"}
-import queue
-pool = metrics.timed_queue_class("main", 50)(50)
-plain = queue.LifoQueue(50)  # redis-py's own queue class, for the difference
-for _ in range(50):
-    pool.put(None)
-    plain.put(None)
-def one_request():
-    request.started()
-    request.finished(environ, "200", 0.001)
-def one_redis_command():
-    pool.put(pool.get(True, 5))
-def one_plain_command():
-    plain.put(plain.get(True, 5))
-n = 50000
-for name, fn in (("request", one_request), ("redis", one_redis_command),
-                 ("plain", one_plain_command)):
-    best = min(timeit.repeat(fn, number=n, repeat=5)) / n * 1e6
-    print(name, f"{best:.2f}")
+def start_response(status, headers, exc_info=None):
+    assert status.startswith("200"), status
+for path in sys.argv[4:]:
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "",
+               "SERVER_NAME": "localhost", "SERVER_PORT": "80", "HTTP_HOST": "localhost",
+               "REMOTE_ADDR": "127.0.0.1", "SERVER_PROTOCOL": "HTTP/1.1",
+               "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(), "wsgi.errors": sys.stderr}
+    calls = 0
+    def one():
+        global calls
+        body = app.wsgi_app(dict(environ), start_response)
+        for _ in body:
+            pass
+        body.close()
+        calls += 1
+        if mode == "on" and calls % 1000 == 0:  # the publisher, once a second
+            metrics.publish()
+    one()
+    gc.freeze()  # as service/worker.py does after boot
+    n = 5000
+    print(path, min(timeit.repeat(one, number=n, repeat=7)) / n * 1e6)
 """
 
 
-def instrumentation_cost() -> dict[str, float]:
-    """µs per request (middleware) and per Redis command (pool) of metrics."""
-    with tempfile.TemporaryDirectory(prefix="bench-metrics-mp-") as directory:
-        env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=directory)
-        out = subprocess.run([sys.executable, "-c", MICRO, str(BENCH.parent)], env=env,
-                             check=True, capture_output=True, text=True, timeout=300).stdout
-    return {name: float(value) for name, value in (line.split() for line in out.splitlines())}
+def stack_cost(redis_url: str, paths, rounds: int) -> dict[tuple[str, str], float]:
+    """µs per request through the app's whole WSGI stack (middleware, Flask,
+    hooks, view), in process, with metrics off and on: what metrics add to a
+    request, wherever in the app they add it, without the network and with
+    far less noise than the worker's CPU under wrk. Best of ``rounds``
+    alternating processes."""
+    best: dict[tuple[str, str], float] = {}
+    for rnd in range(rounds):
+        for mode in ("off", "on") if rnd % 2 == 0 else ("on", "off"):
+            out = subprocess.run(
+                [sys.executable, "-c", STACK, mode, str(BENCH.parent), redis_url, *paths],
+                check=True, capture_output=True, text=True, timeout=600).stdout
+            for line in out.splitlines():
+                path, value = line.split()
+                best[(mode, path)] = min(best.get((mode, path), float("inf")), float(value))
+    return best
 
 
 def main() -> int:
@@ -151,6 +172,7 @@ def main() -> int:
                         results.setdefault((name, path), []).append(value)
                     print(f"round {rnd + 1} {name}: "
                           + ", ".join(f"{p} {v:.0f} µs" for p, v in got.items()), flush=True)
+            stack = stack_cost(redis.url, paths, max(2, args.rounds))
         finally:
             with shielded():
                 redis.stop()
@@ -160,19 +182,14 @@ def main() -> int:
         for name in setups:
             value = statistics.median(results[(name, path)])
             print(f"  {path:9} {name:20} {value:7.1f} µs  {(value / base - 1) * 100:+6.1f} %")
-    cost = instrumentation_cost()
-    print("\nthe instrumentation itself (best of 5 x 50000 calls):")
-    print(f"  per request (RequestLog: in flight, counter, histogram): {cost['request']:.2f} µs")
-    redis = max(0.0, cost["redis"] - cost["plain"])
-    print(f"  per Redis command (pool peak, wait when exhausted):      {redis:.2f} µs "
-          f"({cost['redis']:.2f} against {cost['plain']:.2f} for redis-py's own queue)")
-    for path, commands in (("/healthz", 0), ("/readyz", 1)):
-        if path not in paths:
-            continue
-        base = min(results[("metrics off", path)])
-        added = cost["request"] + commands * redis
-        print(f"  {path:9} {added:5.1f} µs = {added / base * 100:.1f} % of the least worker CPU "
-              f"per request measured with metrics off ({base:.0f} µs)")
+    print("\nthe app's WSGI stack in process, metrics off -> on (best of "
+          f"{max(2, args.rounds)} processes x 7 x 5000 calls):")
+    for path in paths:
+        off, on = stack[("off", path)], stack[("on", path)]
+        base = statistics.median(results[("metrics off", path)])
+        print(f"  {path:9} {off:6.1f} -> {on:6.1f} µs: {on - off:+5.1f} µs = "
+              f"{(on - off) / base * 100:+.1f} % of the worker CPU per request with metrics off "
+              f"({base:.0f} µs, median above)")
     return 0
 
 

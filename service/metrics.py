@@ -14,6 +14,7 @@ never the raw path; unmatched paths share one label value.
 
 from __future__ import annotations
 
+import bisect
 import os
 import queue
 import threading
@@ -26,7 +27,6 @@ import weakref
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR", None) == "":
     del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
-from flask import request
 from prometheus_client import Counter, Gauge, Histogram
 
 from .logformat import ROUTE_KEY
@@ -90,16 +90,24 @@ def session_event(event: str, count: int = 1) -> None:
 class RequestMetrics:
     """Per-request counters and timings, told by middleware.RequestLog.
 
-    Labelled children are cached, and requests in flight are an int whose
-    peak is published once a second: a request costs a dict lookup and three
-    writes to the metric files (bench/metrics.py measures it).
+    A request only adds to plain dicts and ints; publish() moves the sums
+    into the metric files once a second (the publisher below) and when the
+    worker exits (gunicorn.conf.py). Writing the files on every request
+    cost about 5 % of a small request's CPU (bench/metrics.py): each write
+    checks the pid, takes a lock and packs two doubles, and a histogram
+    writes twice. So a scrape sees a request up to PUBLISH_SECONDS late,
+    and a worker killed with SIGKILL loses at most that last second.
+    Greenlets of one worker never interleave inside these few statements;
+    under real threads (not how gunicorn runs it) a count could be lost.
     """
 
     def __init__(self):
-        self._counters: dict = {}
-        self._histograms: dict = {}
         self.in_flight = 0
         self._peak = Peak(http_in_flight, lambda: self.in_flight)
+        self._bounds = http_duration._upper_bounds  # the buckets' "le", +Inf last
+        self._counts: dict = {}  # (route, method, status) -> requests since published
+        self._timings: dict = {}  # route -> [requests per bucket..., seconds in all]
+        _request_metrics.append(weakref.ref(self))
 
     def started(self) -> None:
         self.in_flight += 1
@@ -109,16 +117,28 @@ class RequestMetrics:
         self.in_flight -= 1
         route = environ.get(ROUTE_KEY) or UNMATCHED
         method = environ.get("REQUEST_METHOD", "")
-        key = (route, method, status)
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self._counters[key] = http_requests.labels(
-                route, method if method in METHODS else "other", status)
-        counter.inc()
-        histogram = self._histograms.get(route)
-        if histogram is None:
-            histogram = self._histograms[route] = http_duration.labels(route)
-        histogram.observe(seconds)
+        key = (route, method if method in METHODS else "other", status)
+        counts = self._counts
+        counts[key] = counts.get(key, 0) + 1
+        timing = self._timings.get(route)
+        if timing is None:
+            timing = self._timings[route] = [0] * len(self._bounds) + [0.0]
+        timing[bisect.bisect_left(self._bounds, seconds)] += 1  # first bucket with le >= seconds
+        timing[-1] += seconds
+
+    def publish(self) -> None:
+        counts, self._counts = self._counts, {}
+        timings, self._timings = self._timings, {}
+        for labels, count in counts.items():
+            http_requests.labels(*labels).inc(count)
+        for route, timing in timings.items():
+            # What Histogram.observe does, for many observations at once: its
+            # buckets hold the count per bucket (cumulated when collected).
+            child = http_duration.labels(route)
+            for bucket, count in zip(child._buckets, timing):
+                if count:
+                    bucket.inc(count)
+            child._sum.inc(timing[-1])
 
 
 class Peak:
@@ -133,22 +153,36 @@ class Peak:
         self.value = 0
         _peaks.append(weakref.ref(self))
         if not _publisher:
-            _publisher.append(threading.Thread(target=_publish_peaks, name="metrics-peaks",
-                                               daemon=True))
+            _publisher.append(threading.Thread(
+                target=_publish_every_second, name="metrics-publisher", daemon=True))
             _publisher[0].start()
 
     def see(self, value: int) -> None:
-        self.value = max(self.value, value)
+        if value > self.value:  # noqa: PLR1730 (max() is a call: twice the cost)
+            self.value = value
 
 
 PUBLISH_SECONDS = 1.0
 _peaks: list = []  # weak references to every Peak
 _publisher: list = []  # the publishing thread (a greenlet under gevent), once started
+_request_metrics: list = []  # weak references to every RequestMetrics
 
 
-def _publish_peaks() -> None:
+def publish() -> None:
+    """Write what RequestMetrics counted since the last time to the metric
+    files (once a second, and from the worker_exit hook)."""
+    for ref in list(_request_metrics):
+        request_metrics = ref()
+        if request_metrics is None:
+            _request_metrics.remove(ref)
+        else:
+            request_metrics.publish()
+
+
+def _publish_every_second() -> None:
     while True:
         time.sleep(PUBLISH_SECONDS)
+        publish()
         live = []
         for ref in list(_peaks):
             peak = ref()
@@ -165,13 +199,6 @@ def _publish_peaks() -> None:
             gauge.set(value)
         for peak in live:
             peak.value = peak.now()
-
-
-def record_route() -> None:
-    """before_request: note the URL rule (metrics label, watchdog line)."""
-    rule = request.url_rule
-    if rule is not None:
-        request.environ[ROUTE_KEY] = rule.rule
 
 
 def timed_queue_class(pool_name: str, max_connections: int):
@@ -213,9 +240,5 @@ def timed_queue_class(pool_name: str, max_connections: int):
 def init_app(app, settings) -> RequestMetrics | None:
     """Per-request metrics when METRICS_BIND is set; the event counters
     (sessions, logins, ...) always count (a few µs, in memory when unserved).
-    The route is noted for the metrics' labels and the watchdog's log line,
-    so only while one of them is on."""
-    if settings.metrics_bind or settings.blocked_hub_threshold:
-        # Registered before the other extensions' hooks, which may answer first.
-        app.before_request(record_route)
+    The route label comes from the request class (errors.JSONRequest)."""
     return RequestMetrics() if settings.metrics_bind else None

@@ -277,3 +277,48 @@ def test_a_public_metrics_bind_only_when_explicitly_allowed():
            "METRICS_BIND": "0.0.0.0:9101", "METRICS_ALLOW_PUBLIC": "true"}
     assert Settings.from_env(env).require_valid().metrics_bind == "0.0.0.0:9101"
     assert Settings.from_env(dict(env, METRICS_BIND="")).metrics_bind == ""  # off by default
+
+
+def test_requests_are_published_in_batches_exactly_as_observed_one_by_one():
+    """RequestMetrics counts in memory and writes the sums once a second:
+    the exported histogram must be the one Histogram.observe would give,
+    bucket boundaries included ("le" is inclusive)."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    from service import metrics
+    from service.logformat import ROUTE_KEY
+
+    route = f"/batch-{secrets.token_hex(4)}"
+    bounds = metrics.http_duration._upper_bounds[:-1]  # without +Inf
+    durations = [0.0, 0.001, 0.005, 0.0050001, 0.1, 0.3, 2.5, 10, 10.5, 99.0]
+    expected = CollectorRegistry()
+    reference = Histogram("reference", "one by one", buckets=bounds, registry=expected)
+    counted = Counter("reference_requests", "one by one", ["method"], registry=expected)
+
+    def exported(histogram, counter):
+        buckets = {s.labels["le"]: s.value for s in histogram.collect()[0].samples
+                   if s.name.endswith("_bucket")}
+        totals = {s.name.rsplit("_", 1)[1]: s.value for s in histogram.collect()[0].samples
+                  if s.name.endswith(("_count", "_sum"))}
+        requests_ = {s.labels["method"]: s.value for s in counter.collect()[0].samples
+                     if s.name.endswith("_total") and s.labels.get("route", route) == route}
+        return buckets, totals, requests_
+
+    before = exported(metrics.http_duration.labels(route), metrics.http_requests)
+    request_metrics = metrics.RequestMetrics()
+    for i, seconds in enumerate(durations):
+        method = "GET" if i % 2 else "BREW"  # an unknown method is "other"
+        request_metrics.started()
+        request_metrics.finished({ROUTE_KEY: route, "REQUEST_METHOD": method}, "200", seconds)
+        reference.observe(seconds)
+        counted.labels(method if method == "GET" else "other").inc()
+    assert request_metrics.in_flight == 0
+    assert exported(metrics.http_duration.labels(route), metrics.http_requests) == before
+    request_metrics.publish()
+    buckets, totals, by_method = exported(metrics.http_duration.labels(route),
+                                          metrics.http_requests)
+    want_buckets, want_totals, want_methods = exported(reference, counted)
+    assert buckets == want_buckets
+    assert totals["count"] == want_totals["count"] == len(durations)
+    assert totals["sum"] == pytest.approx(want_totals["sum"])
+    assert {m: by_method[m] for m in want_methods} == want_methods
