@@ -20,7 +20,9 @@ deploy/README.md, "6. Deploying a new version without downtime".
 import gc
 import importlib
 import os
+import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -45,6 +47,7 @@ def forget_app_modules():
 forget_app_modules()
 bootguard = importlib.import_module("service.bootguard")
 app_config = importlib.import_module("service.config")
+recycling = importlib.import_module("service.recycling")  # standard library only
 
 app_config.load_dotenv_file()
 try:
@@ -229,6 +232,11 @@ def when_ready(server):
 
 def child_exit(server, worker):
     metrics_child_exit(server, worker)
+    recycling_child_exit(server, worker)
+
+
+def nworkers_changed(server, new_value, old_value):
+    recycling_nworkers_changed(server, new_value, old_value)
 
 
 def worker_exit(server, worker):
@@ -261,9 +269,56 @@ def pre_fork(server, worker):
 def post_fork(server, worker):
     # Still before patching: note which client libraries the master imported.
     worker.imported_before_patch = bootguard.imported_clients()
+    # Until the worker installs its own handlers (after gevent patched the
+    # standard library), a signal would reach the master's handler copied
+    # into this process, which queues it for a master loop that never runs
+    # here: a SIGTERM sent to a booting worker (a reload while it boots)
+    # was lost, and the master waited graceful_timeout for it. Remember it.
+    for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(stop, lambda *_: setattr(worker, "alive", False))
+    boot_at_low_priority(worker)
+
+
+# A worker's boot (imports, create_app) costs about 0.4 s of CPU. It runs
+# beside workers that serve: the one it replaces keeps serving until it
+# accepts (recycling, below), so it need not be quick, only out of their way.
+# It boots at this much lower priority and comes back before it accepts, when
+# the process may raise its priority again: root with CAP_SYS_NICE, or an
+# RLIMIT_NICE that allows it (LimitNICE= in deploy/systemd/flask-service.service).
+BOOT_NICENESS = 10
+CAP_SYS_NICE = 23
+
+
+def may_raise_priority_to(nice: int) -> bool:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NICE)
+    if soft == resource.RLIM_INFINITY or 20 - soft <= nice:
+        return True
+    try:
+        with open("/proc/self/status") as status:
+            caps = next(line for line in status if line.startswith("CapEff:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(int(caps.split()[1], 16) >> CAP_SYS_NICE & 1)
+
+
+def boot_at_low_priority(worker):
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    if may_raise_priority_to(nice):
+        os.setpriority(os.PRIO_PROCESS, 0, min(19, nice + BOOT_NICENESS))
+        worker.serving_niceness = nice
+
+
+def serve_at_normal_priority(worker):
+    nice = getattr(worker, "serving_niceness", None)
+    if nice is not None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+        except OSError as exc:  # checked before lowering it: not expected
+            worker.log.warning("Worker serves at its boot priority: %s", exc)
 
 
 def post_worker_init(worker):
+    serve_at_normal_priority(worker)
     # The app is loaded. Its modules, app object and clients live as long as
     # the worker: freeze them out of the cyclic collector's scans, and let
     # the youngest generation grow larger before a collection. With 1,000
@@ -299,19 +354,51 @@ def post_request(worker, req, environ, resp):
 
 # -- Recycling one worker at a time (service/worker.py, service/recycling.py).
 # The master makes one directory per run, where each accepting worker holds a
-# locked marker file; a worker past max_requests stops only while every
-# worker's marker is there. Standard library only: these run in the master.
+# locked marker file. A worker past max_requests, when its turn comes (every
+# worker accepting, the newest for a few seconds), leaves a note there and
+# sends the master SIGTTIN: gunicorn forks one worker more, and the old one
+# stops only once that replacement accepts. When it has exited, child_exit
+# takes the extra worker back, so the master never forks a second
+# replacement. Standard library only: these run in the master.
 
 
 def recycling_on_starting(server):
     server.recycle_dir = tempfile.mkdtemp(prefix="gunicorn-workers-",
                                           dir=server.cfg.worker_tmp_dir)
+    server.surges = set()  # pids of workers whose replacement is the extra worker
+
+
+def recycling_nworkers_changed(server, new_value, old_value):
+    """Every change of the master's worker count: SIGTTIN/TTOU, reloads."""
+    surges = getattr(server, "surges", None)
+    if surges is None or getattr(server, "taking_surge_back", False):
+        return
+    if old_value is not None and new_value == old_value + 1:
+        pid = recycling.take_surge_request(server.recycle_dir, server.WORKERS)
+        if pid is not None:
+            surges.add(pid)
+    elif new_value != old_value:
+        # An operator's SIGTTOU, or a reload that set the configured count:
+        # the extra workers are no longer counted on top of it.
+        surges.clear()
+
+
+def recycling_child_exit(server, worker):
+    surges = getattr(server, "surges", set())
+    if worker.pid in surges:
+        surges.discard(worker.pid)
+        server.taking_surge_back = True
+        try:
+            server.num_workers = max(1, server.num_workers - 1)
+        finally:
+            server.taking_surge_back = False
 
 
 def pass_recycling_settings(server, worker):
     """Called by pre_fork: what the worker needs to take part."""
     worker.recycle_dir = getattr(server, "recycle_dir", None)
-    worker.expected_workers = server.num_workers
+    # The configured count, not the extra workers of recycles in progress.
+    worker.expected_workers = server.num_workers - len(getattr(server, "surges", ()))
     worker.keepalive_max_age = settings.keepalive_max_age
 
 

@@ -166,19 +166,24 @@ def analyse(samples, workers: int, started: float, ended: float) -> dict:
             seen_ready.add(pid)
             if pid in initial:
                 continue
-            # pid is a replacement that began to accept at t.
-            start_row = row
-            end_t, end_row, cut = t, row, False
-            for t2, row2 in run[i + 1:]:
+            # pid is a replacement that began to accept at t. Its window
+            # begins once `workers` accept: the worker it replaces stops
+            # accepting only after it (a recycle), or was already gone (a kill).
+            begin = next((k for k in range(i, len(run))
+                          if sum(a for _, a in run[k][1].values()) == workers), None)
+            if begin is None:
+                continue
+            t, start_row = run[begin]
+            serving = {p for p, (_, a) in start_row.items() if a}
+            end_t, end_row, cut = t, start_row, False
+            for t2, row2 in run[begin + 1:]:
                 if t2 > t + WINDOW:
                     break
-                accepting = {p for p, (_, a) in row2.items() if a}
-                if len(accepting) < workers or not set(start_row) <= set(row2):
-                    cut = True
+                if {p for p, (_, a) in row2.items() if a} != serving:
+                    cut = True  # the next recycle (or a kill) changed who serves
                     break
                 end_t, end_row = t2, row2
-            used = {p: end_row[p][0] - start_row[p][0]
-                    for p in start_row if p in end_row and start_row[p][1]}
+            used = {p: end_row[p][0] - start_row[p][0] for p in serving if p in end_row}
             total = sum(used.values())
             share = max(used.values()) / total if total and len(used) == workers else None
             windows.append({"at": t - started, "length": end_t - t, "cut": cut,

@@ -4,15 +4,20 @@ gunicorn recycles a worker (``max_requests``) by letting it stop and then
 forking a replacement, which accepts only once it has imported the app. Each
 worker decides alone, so two workers that reach their limit close together
 both stop and nothing accepts until a replacement has booted (gunicorn #2297
-and #3227 describe related stalls). ``ReadyBoard`` lets a worker recycle only
-while every worker is accepting, one at a time:
+and #3227 describe related stalls). ``ReadyBoard`` gives one worker at a time
+the turn to recycle, while every worker is accepting:
 
 - a worker that accepts holds an exclusive ``flock`` on ``ready-<pid>`` in a
   directory made per master run (gunicorn.conf.py's ``on_starting``);
-- a worker that wants to stop takes the board's lock, counts the markers
-  whose lock is still held, and removes its own marker (the others now count
-  one fewer) only if all were there, and the newest has been for a few
-  seconds (the load spreads over a replacement before the next recycle).
+- a worker past its limit takes the board's lock and counts the markers whose
+  lock is still held: its turn comes when all are there, the newest for a few
+  seconds (the load spreads over a replacement before the next recycle), and
+  no other has waited longer;
+- on its turn it leaves a ``surge-<pid>`` note and sends the master SIGTTIN
+  (service/worker.py): the master forks one worker more, its replacement,
+  and takes it back once the old worker has exited (gunicorn.conf.py). The
+  old worker stops accepting once the board counts one worker more than
+  expected.
 
 The kernel drops a process's locks when it dies, even by SIGKILL and before
 the master reaps it, so a marker whose lock can be taken is stale. Standard
@@ -29,6 +34,7 @@ import time
 
 LOCK_NAME = "lock"
 PREFIX = "ready-"
+SURGE_PREFIX = "surge-"
 
 
 class ReadyBoard:
@@ -98,13 +104,14 @@ class ReadyBoard:
                 live.append((self._since, self._due))
         return live
 
-    def try_leave(self, needed: int, settle: float = 0.0) -> tuple[bool, int]:
-        """Stop accepting if ``needed`` processes (this one included) accept,
-        the newest of them for ``settle`` seconds or more, and no other has
-        been due longer than this one (so none waits forever).
+    def take_turn(self, needed: int, settle: float = 0.0) -> tuple[bool, int]:
+        """Whether it is this process's turn to recycle: ``needed`` processes
+        (this one included) accept, the newest of them for ``settle`` seconds
+        or more, and no other has been due longer than this one (so none
+        waits forever). Asking makes this process due, if it was not.
 
-        Returns (left, how many accepted). Never blocks: when another process
-        is checking at this very moment, the answer is (False, -1).
+        Returns (its turn, how many accept). Never blocks: when another
+        process is checking at this very moment, the answer is (False, -1).
         """
         with self._locked() as locked:
             if not locked:
@@ -118,11 +125,22 @@ class ReadyBoard:
                 live = self._live()
             newest = max(since for since, _ in live)
             first_due = min(due for _, due in live if due is not None)
-            if (len(live) >= needed and time.time() - newest >= settle
-                    and self._due <= first_due):
-                self.leave()
-                return True, len(live)
-            return False, len(live)
+            mine = (len(live) >= needed and time.time() - newest >= settle
+                    and self._due <= first_due)
+            return mine, len(live)
+
+    def accepting(self) -> int:
+        """How many processes accept (this one included); -1 while another
+        process holds the board."""
+        with self._locked() as locked:
+            return len(self._live()) if locked else -1
+
+    def ask_for_surge(self) -> None:
+        """Leave the master a note that the next SIGTTIN is this process's:
+        one worker more until this one, replaced, has exited
+        (gunicorn.conf.py, take_surge_request)."""
+        path = os.path.join(self.directory, f"{SURGE_PREFIX}{self.pid}")
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
 
     def _write(self) -> None:
         data = f"{self._since!r} {self._due!r}".encode()
@@ -166,3 +184,22 @@ def _read_if_held(path: str) -> tuple[float, float | None] | None:
         return None
     finally:
         os.close(fd)
+
+
+def take_surge_request(directory: str, workers) -> int | None:
+    """In the master, on SIGTTIN: the pid of a live worker that asked for a
+    surge (ReadyBoard.ask_for_surge), its note removed; None when the signal
+    came from someone else (an operator adding a worker)."""
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return None
+    for name in names:
+        if not name.startswith(SURGE_PREFIX):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(directory, name))
+        pid = name[len(SURGE_PREFIX):]
+        if pid.isdigit() and int(pid) in workers:
+            return int(pid)
+    return None

@@ -14,19 +14,21 @@ keep-alive timeout would close it. Requests in flight finish normally and
 are answered with Connection: close.
 
 Recycling (``max_requests``) is coordinated through service/recycling.py: a
-worker past its limit stops only while every worker accepts, the newest for
-RECYCLE_SETTLE, and no other has been due longer; so two workers never
-recycle together and none recycles while a replacement is booting. Until then
-it keeps serving and asks again RECYCLE_POLL later. run() polls every
-RUN_POLL, so a stopping worker exits, and is replaced, sooner. The board's directory and the
-worker count come from gunicorn.conf.py's hooks; without them the worker
-recycles as gunicorn's does, alone.
+worker past its limit waits for its turn (every worker accepting, the newest
+for RECYCLE_SETTLE, no other due longer), serving meanwhile; then it asks the
+master for one worker more (SIGTTIN) and stops accepting only once that
+replacement accepts (or SURGE_TIMEOUT passed). So two workers never recycle
+together and the service never has a worker fewer for a recycle. run() polls
+every RUN_POLL, so a stopping worker exits sooner. The board's directory and
+the worker count come from gunicorn.conf.py's hooks, which also take the
+extra worker back; without them the worker recycles as gunicorn's does, alone.
 
 Keep-alive connections stick to the worker that accepted them, so after a
-recycle (or a killed worker) the survivor keeps the connections the other
-dropped. When a worker joins the board, the others close each of their
-connections after its next response (within SHED_SPREAD), and the clients
-reconnect to whichever worker accepts first: the idle newcomer wins most.
+killed worker the survivor keeps the connections the other dropped. When a
+worker joins the board and the workers are back to their number, the others
+close each of their connections after its next response (within
+SHED_SPREAD), and the clients reconnect to whichever worker accepts first:
+the idle newcomer wins most.
 With ``keepalive_max_age`` set, a connection older than a random age between
 half of it and all of it is closed the same way (nginx's ``keepalive_time``),
 which bounds any other imbalance.
@@ -37,8 +39,11 @@ patch first (gunicorn's own gevent worker module is loaded there anyway).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import random
+import signal
 import sys
 import time
 from functools import partial
@@ -59,6 +64,9 @@ RECYCLE_POLL = 0.1
 RECYCLE_SETTLE = 5.0
 RUN_POLL = 0.1
 SHED_SPREAD = 1.0
+# A replacement that does not accept by then (it cannot boot, or the master
+# missed the signal) no longer holds the recycle back.
+SURGE_TIMEOUT = 30.0
 
 
 class GeventWorker(_GeventWorker):
@@ -174,6 +182,8 @@ class GeventWorker(_GeventWorker):
 
     def _watch_board(self):
         board = self.board
+        if not self.alive:
+            return  # stopped while it booted (gunicorn.conf.py, post_fork)
         try:
             board.mark_ready()
         except OSError as exc:
@@ -182,38 +192,81 @@ class GeventWorker(_GeventWorker):
             return
         self.log.info("Worker accepting (pid:%s)", self.pid)
         deferred = None  # how many accepted when this worker last said it waits
+        surge_since = None  # when it asked the master for its replacement
+        joined = False  # a worker joined the board since the last shedding check
         peers = board.peers()
         while self.alive:
             gevent.sleep(RECYCLE_POLL)
             if not self.alive:
                 break
-            # A worker joined (a replacement, after a recycle or a crash): the
-            # clients that piled onto this one while it was missing reconnect,
-            # and the accept race spreads them over all workers again.
+            # A worker joined after a crash (or any stretch with a worker
+            # fewer): the clients that piled onto this one reconnect, and the
+            # accept race spreads them over all workers again. Not when it is
+            # the extra worker of a recycle: the clients of the worker it
+            # replaces reconnect anyway, and the idle newcomer wins most.
             now = board.peers()
-            if now - peers:
-                self._shed_connections()
+            joined = joined or bool(now - peers)
             peers = now
+            if joined:
+                with contextlib.suppress(OSError):
+                    accepting = board.accepting()  # -1: busy, ask again next poll
+                    if accepting >= 0:
+                        joined = False
+                        if accepting <= self.expected_workers:
+                            self._shed_connections()
             if self.nr < self.recycle_at:
                 continue
+            if surge_since is None:
+                try:
+                    mine, accepting = board.take_turn(self.expected_workers, RECYCLE_SETTLE)
+                except OSError as exc:
+                    self.log.warning("Recycling without asking the others: %s", exc)
+                    self._recycle("?")
+                    return
+                if mine:
+                    surge_since = self._ask_for_replacement()
+                    continue
+                if accepting < 0:
+                    continue  # another worker is checking right now
+                if accepting != deferred:  # once per count, not every poll
+                    deferred = accepting
+                    self.log.info("Worker reached %s requests (pid:%s); restarting once all "
+                                  "%s workers accept (now %s), the newest for %s s", self.nr,
+                                  self.pid, self.expected_workers, accepting, RECYCLE_SETTLE)
+                continue
+            # Stop once the replacement accepts: one more than expected.
             try:
-                left, accepting = board.try_leave(self.expected_workers, RECYCLE_SETTLE)
-            except OSError as exc:
-                self.log.warning("Recycling without asking the others: %s", exc)
-                left, accepting = True, "?"
-            if left:
-                self.log.info("Autorestarting worker after %s requests (pid:%s), "
-                              "%s of %s workers were accepting",
-                              self.nr, self.pid, accepting, self.expected_workers)
-                self.alive = False
+                accepting = board.accepting()
+            except OSError:
+                accepting = -1  # the timeout below still ends the wait
+            if accepting > self.expected_workers:
+                self._recycle(accepting)
                 return
-            if accepting < 0:
-                continue  # another worker is checking right now
-            if accepting != deferred:  # once per count, not every poll
-                deferred = accepting
-                self.log.info("Worker reached %s requests (pid:%s); restarting once all "
-                              "%s workers accept (now %s), the newest for %s s", self.nr,
-                              self.pid, self.expected_workers, accepting, RECYCLE_SETTLE)
+            if time.monotonic() - surge_since > SURGE_TIMEOUT:
+                self.log.warning("No replacement accepted within %s s (pid:%s); "
+                                 "restarting anyway", SURGE_TIMEOUT, self.pid)
+                self._recycle(accepting)
+                return
+
+    def _ask_for_replacement(self) -> float:
+        """Ask the master for one worker more (SIGTTIN), noted as this
+        one's, so that gunicorn.conf.py's child_exit takes it back when
+        this worker exits: the replacement boots while this one serves."""
+        try:
+            self.board.ask_for_surge()
+            os.kill(self.ppid, signal.SIGTTIN)
+        except OSError as exc:  # the note or the signal: the timeout recycles
+            self.log.warning("Cannot ask the master for a replacement: %s", exc)
+        self.log.info("Worker reached %s requests (pid:%s); its replacement is starting, "
+                      "it stops once that one accepts", self.nr, self.pid)
+        return time.monotonic()
+
+    def _recycle(self, accepting) -> None:
+        self.board.leave()
+        self.log.info("Autorestarting worker after %s requests (pid:%s), %s workers were "
+                      "accepting, %s expected", self.nr, self.pid, accepting,
+                      self.expected_workers)
+        self.alive = False
 
     def _on_shutdown(self):
         """Once shutdown begins (TERM, HUP, recycling): stop counting as

@@ -1,11 +1,12 @@
-"""Worker recycling: one worker at a time, never while another is booting,
-and keep-alive connections that end after KEEPALIVE_MAX_AGE.
+"""Worker recycling: one worker at a time, its replacement accepting before
+it stops, and keep-alive connections that end after KEEPALIVE_MAX_AGE.
 
 The order of events comes from gunicorn's stderr: every process appends its
 lines to the same file, so the file's order is the order things happened.
 A worker logs "Worker accepting" once it accepts and "Autorestarting worker"
 at the moment it stops accepting; the test appends its own line when it
-SIGKILLs a worker.
+SIGKILLs a worker. A recycle must leave all WORKERS accepting: the
+replacement (one worker more, asked for with SIGTTIN) accepts first.
 """
 
 import http.client
@@ -18,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from service.recycling import ReadyBoard
@@ -33,7 +35,7 @@ EVENT = re.compile(
 
 
 def replay(stderr: str) -> dict:
-    """Walk the log in order; collect recycles that left fewer than N-1 accepting."""
+    """Walk the log in order; collect recycles that left fewer than N accepting."""
     accepting: set[str] = set()
     violations, recycles, deferred_after_kill = [], 0, 0
     killed_pending: set[str] = set()  # killed, replacement not accepting yet
@@ -47,7 +49,7 @@ def replay(stderr: str) -> dict:
                 killed_pending.clear()
         elif pid := match["stop"]:
             recycles += 1
-            if pid not in accepting or len(accepting) < WORKERS:
+            if pid not in accepting or len(accepting) <= WORKERS:
                 violations.append(f"{line.strip()} while accepting: {sorted(accepting)}")
             accepting.discard(pid)
         elif pid := match["deferred"]:
@@ -120,10 +122,16 @@ def test_two_workers_never_recycle_at_the_same_moment(redis_server, make_gunicor
     events = replay(server.stderr())
     assert events["violations"] == []
     assert load.failures == []
-    # Positive control: the workers did reach their limit together and waited.
-    assert "restarting once all 2 workers accept (now 1)" in server.stderr()
-    # ... and after a replacement, the next recycle waits until it settled.
-    assert "restarting once all 2 workers accept (now 2)" in server.stderr()
+    log = server.stderr()
+    # Positive control: the workers did reach their limit together; one
+    # waited while the other's replacement booted, and after a replacement
+    # the next recycle waited until it settled.
+    assert log.count("its replacement is starting") >= events["recycles"]
+    assert "restarting once all 2 workers accept (now 3)" in log
+    assert "restarting once all 2 workers accept (now 2)" in log
+    # The master took each extra worker back: WORKERS left, no spare forked.
+    wait_until(lambda: len(workers_of(server.process.pid)) == WORKERS, 10, "two workers")
+    assert log.count("Booting worker") <= WORKERS + log.count("its replacement is starting")
 
 
 def test_after_kill_9_the_other_worker_waits_for_the_replacement(redis_server, make_gunicorn):
@@ -158,6 +166,71 @@ def test_after_kill_9_the_other_worker_waits_for_the_replacement(redis_server, m
     assert events["deferred_after_kill"] >= 1
     # Requests in flight on the killed worker may fail; nothing else did.
     assert len(load.failures) <= 4 * len(killed), load.failures[:5]
+
+
+@pytest.mark.parametrize("interruption", ["SIGKILL", "SIGHUP"])
+def test_a_recycle_interrupted_leaves_the_configured_worker_count(
+        redis_server, make_gunicorn, interruption):
+    """The recycling worker killed while its replacement boots (the extra
+    worker is its replacement), or a reload meanwhile (the count is reset):
+    either way the master ends with WORKERS workers, never one more or less."""
+    server = recycling_server(redis_server, make_gunicorn, MAX_REQUESTS=30)
+    master = server.process.pid
+    for _ in range(3):
+        before = server.stderr().count("its replacement is starting")
+        with Load(server.url + "/healthz", threads=2, limit=2000, seconds=20):
+            wait_until(lambda before=before: server.stderr().count(
+                "its replacement is starting") > before,
+                       20, "a worker asking for its replacement", interval=0.02)
+        asking = re.findall(r"Worker reached \d+ requests \(pid:(\d+)\); its replacement",
+                            server.stderr())[-1]
+        if interruption == "SIGKILL":
+            os.kill(int(asking), signal.SIGKILL)
+        else:
+            server.process.send_signal(signal.SIGHUP)
+        # Settled: no recycle is due (no load now), the count is what it is.
+        time.sleep(3)
+        workers = workers_of(master)
+        assert len(workers) == WORKERS, (workers, server.stderr()[-2000:])
+        assert int(asking) not in workers
+        for _ in range(5):
+            assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
+
+
+def nice_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+    except (FileNotFoundError, IndexError):
+        return None
+
+
+def test_a_worker_boots_at_low_priority_and_serves_at_normal(redis_server, make_gunicorn):
+    """A replacement boots beside the workers serving, at a lower CPU priority
+    (gunicorn.conf.py, BOOT_NICENESS), and serves at the master's. Here with an
+    operator's SIGTTIN, which the master answers with a plain worker more
+    (no recycle is waiting for it); SIGTTOU takes it back."""
+    server = recycling_server(redis_server, make_gunicorn, MAX_REQUESTS=0)
+    master = server.process.pid
+    normal = nice_of(master)
+    before = set(workers_of(master))
+    assert {nice_of(pid) for pid in before} == {normal}
+    seen: list[int | None] = []
+    server.process.send_signal(signal.SIGTTIN)
+    deadline = time.monotonic() + 20
+    new = set()
+    while time.monotonic() < deadline:
+        new = set(workers_of(master)) - before
+        if new:
+            seen.append(nice_of(min(new)))
+            if f"Worker accepting (pid:{min(new)})" in server.stderr():
+                break
+        time.sleep(0.005)
+    assert new, "no worker forked after SIGTTIN"
+    assert normal + 10 in seen, seen  # while it booted
+    assert nice_of(min(new)) == normal  # once it accepts
+    assert len(workers_of(master)) == WORKERS + 1
+    server.process.send_signal(signal.SIGTTOU)
+    wait_until(lambda: len(workers_of(master)) == WORKERS, 20, "back to two workers")
 
 
 def test_keepalive_connection_closes_after_its_max_age(redis_server, make_gunicorn):
@@ -255,7 +328,7 @@ from service.recycling import ReadyBoard
 board = ReadyBoard(sys.argv[1], int(sys.argv[2]))
 board.mark_ready()
 if sys.argv[3:] == ["due"]:
-    assert board.try_leave(99) == (False, 2)  # becomes due, stays
+    assert board.take_turn(99) == (False, 2)  # becomes due
 print("ready", flush=True)
 time.sleep(60)
 """
@@ -270,17 +343,20 @@ def hold_marker(directory, pid_label, *args):
     return process
 
 
-def test_ready_board_counts_live_markers_and_lets_one_leave(tmp_path):
+def test_ready_board_counts_live_markers_and_gives_one_the_turn(tmp_path):
     holder = hold_marker(tmp_path, 1001)
     try:
         me = ReadyBoard(str(tmp_path), os.getpid())
-        assert me.try_leave(1) == (False, 1)  # not accepting itself: cannot leave
+        assert me.take_turn(1) == (False, 1)  # not accepting itself: no turn
         me.mark_ready()
-        assert me.try_leave(3) == (False, 2)  # one of three missing: stays
-        assert me.try_leave(2) == (True, 2)
+        assert me.accepting() == 2
+        assert me.take_turn(3) == (False, 2)  # one of three missing
+        assert me.take_turn(2) == (True, 2)
+        me.leave()
         assert not me.marked and not (tmp_path / f"ready-{os.getpid()}").exists()
-        # One accepts now, so nobody else may leave.
-        assert ReadyBoard(str(tmp_path), 1003).try_leave(2) == (False, 1)
+        assert me.accepting() == 1
+        # One accepts now, so nobody else gets the turn.
+        assert ReadyBoard(str(tmp_path), 1003).take_turn(2) == (False, 1)
     finally:
         holder.kill()
         holder.wait()
@@ -290,11 +366,11 @@ def test_ready_board_ignores_and_removes_the_marker_of_a_killed_worker(tmp_path)
     holder = hold_marker(tmp_path, 1002)
     me = ReadyBoard(str(tmp_path), os.getpid())
     me.mark_ready()
-    assert me.try_leave(3) == (False, 2)
+    assert me.take_turn(3) == (False, 2)
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     assert (tmp_path / "ready-1002").exists()  # left behind by SIGKILL
-    assert me.try_leave(2) == (False, 1)
+    assert me.take_turn(2) == (False, 1)
     assert not (tmp_path / "ready-1002").exists()
     me.leave()
 
@@ -304,7 +380,7 @@ def test_ready_board_lets_the_longest_due_go_first_once_the_newest_settled(tmp_p
     me.mark_ready()
     holder = hold_marker(tmp_path, 1004, "due")  # due before this process asks
     try:
-        assert me.try_leave(2) == (False, 2)  # the other has waited longer
+        assert me.take_turn(2) == (False, 2)  # the other has waited longer
         assert me.marked
     finally:
         holder.kill()
@@ -312,8 +388,8 @@ def test_ready_board_lets_the_longest_due_go_first_once_the_newest_settled(tmp_p
     # The holder's marker is stale now; a fresh one is newer than 60 s.
     holder = hold_marker(tmp_path, 1005)
     try:
-        assert me.try_leave(2, settle=60) == (False, 2)
-        assert me.try_leave(2, settle=0) == (True, 2)
+        assert me.take_turn(2, settle=60) == (False, 2)
+        assert me.take_turn(2, settle=0) == (True, 2)
     finally:
         holder.kill()
         holder.wait()
