@@ -1,15 +1,23 @@
-"""Command line: ``python -m service check``.
+"""Command line: ``python -m service check`` and ``python -m service serve``.
 
-Prints the effective settings with secrets redacted and exits non-zero when
-they are not ready for production. Works even when the app would refuse to
-start, which is when it is needed most.
+``check`` prints the effective settings with secrets redacted and exits
+non-zero when they are not ready for production. Works even when the app
+would refuse to start, which is when it is needed most.
+
+``serve`` checks the settings the same way, then becomes gunicorn with the
+kit's gunicorn.conf.py (same process: systemd's main PID, signals and all).
+Use it rather than the ``gunicorn`` command: gunicorn reads WEB_CONCURRENCY
+itself when it is imported, before any config file, so a bad value there was
+a traceback out of gunicorn's own module instead of one line naming it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
 from .config import Settings, load_dotenv_file
 
@@ -86,6 +94,23 @@ def redis_memory_problems(settings: Settings) -> list[str]:
     return []
 
 
+GUNICORN_CONF = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
+
+
+def serve(app: str) -> int:
+    load_dotenv_file()
+    settings = Settings.from_env()
+    if settings.problems:
+        print("Not starting:", file=sys.stderr)
+        for problem in settings.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF),
+                              app])
+    return 1  # not reached: execv replaces this process or raises
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -93,9 +118,15 @@ def main(argv=None) -> int:
     check_parser.add_argument("--env-file", help="dotenv file to load (default: ./.env)")
     check_parser.add_argument("--quiet", action="store_true",
                               help="print only the verdict, not the settings")
+    serve_parser = sub.add_parser(
+        "serve", help="check the settings, then run gunicorn with gunicorn.conf.py")
+    serve_parser.add_argument("app", nargs="?", default="wsgi:app",
+                              help="the WSGI app, module:name (default: wsgi:app)")
     args = parser.parse_args(argv)
     if args.command == "check":
         return check(args.env_file, args.quiet)
+    if args.command == "serve":
+        return serve(args.app)
     return 2
 
 

@@ -239,3 +239,22 @@ def test_check_exits_1_with_one_line_for_a_bad_value(name, value):
             "e.g. LOG_LEVEL=INFO.") in lines
     [line] = [line for line in lines if line.startswith(f"  - {name}={value!r} ")]
     assert f"; e.g. {name}=" in line
+
+
+def test_serve_refuses_a_bad_value_in_one_line_where_gunicorn_gives_a_traceback(tmp_path):
+    """gunicorn reads WEB_CONCURRENCY when it is imported, before our config
+    file: `python -m service serve` (the unit's and scripts' way to start it)
+    checks every setting first."""
+    env = {"PATH": os.environ["PATH"], "DOTENV_PATH": os.devnull, **PROD,
+           "WEB_CONCURRENCY": "two", "BIND": f"unix:{tmp_path}/never.sock"}
+    served = subprocess.run([sys.executable, "-m", "service", "serve"], cwd=ROOT, env=env,
+                            check=False, capture_output=True, text=True, timeout=60)
+    assert served.returncode == 1
+    assert served.stderr.splitlines() == [
+        "Not starting:", "  - WEB_CONCURRENCY='two' is not a number; e.g. WEB_CONCURRENCY=2."]
+    # What the check spares: gunicorn itself.
+    raw = subprocess.run([sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py",
+                          "wsgi:app"], cwd=ROOT, env=env, check=False, capture_output=True,
+                         text=True, timeout=60)
+    assert raw.returncode != 0 and "Traceback" in raw.stderr
+    assert not (tmp_path / "never.sock").exists()

@@ -11,7 +11,7 @@ def test_gunicorn_unit_verifies_without_warnings(tmp_path):
     analyze = require_binary("systemd-analyze", "systemd")
     # verify checks that ExecStart(Pre) exists: point it at this checkout's venv.
     text = UNIT.read_text()
-    assert "/srv/flask-service/venv/bin/gunicorn" in text
+    assert "ExecStart=/srv/flask-service/venv/bin/python -m service serve wsgi:app" in text
     unit = tmp_path / UNIT.name
     unit.write_text(text.replace("/srv/flask-service/venv/bin/", f"{VENV_BIN}/"))
     result = subprocess.run([analyze, "verify", str(unit)], check=False, capture_output=True,
