@@ -374,9 +374,13 @@ def recycling_nworkers_changed(server, new_value, old_value):
     if surges is None or getattr(server, "taking_surge_back", False):
         return
     if old_value is not None and new_value == old_value + 1:
-        pid = recycling.take_surge_request(server.recycle_dir, server.WORKERS)
-        if pid is not None:
+        pid = recycling.take_surge_request(server.recycle_dir)
+        if pid in server.WORKERS:
             surges.add(pid)
+        elif pid is not None:
+            # Its worker is gone already (a reload stopped it before this
+            # signal was handled): no replacement wanted, take it back.
+            _take_one_back(server)
     elif new_value != old_value:
         # An operator's SIGTTOU, or a reload that set the configured count:
         # the extra workers are no longer counted on top of it.
@@ -387,11 +391,15 @@ def recycling_child_exit(server, worker):
     surges = getattr(server, "surges", set())
     if worker.pid in surges:
         surges.discard(worker.pid)
-        server.taking_surge_back = True
-        try:
-            server.num_workers = max(1, server.num_workers - 1)
-        finally:
-            server.taking_surge_back = False
+        _take_one_back(server)
+
+
+def _take_one_back(server):
+    server.taking_surge_back = True
+    try:
+        server.num_workers = max(1, server.num_workers - 1)
+    finally:
+        server.taking_surge_back = False
 
 
 def pass_recycling_settings(server, worker):

@@ -186,8 +186,8 @@ def _read_if_held(path: str) -> tuple[float, float | None] | None:
         os.close(fd)
 
 
-def take_surge_request(directory: str, workers) -> int | None:
-    """In the master, on SIGTTIN: the pid of a live worker that asked for a
+def take_surge_request(directory: str) -> int | None:
+    """In the master, on SIGTTIN: the pid of the worker that asked for a
     surge (ReadyBoard.ask_for_surge), its note removed; None when the signal
     came from someone else (an operator adding a worker)."""
     try:
@@ -195,11 +195,9 @@ def take_surge_request(directory: str, workers) -> int | None:
     except FileNotFoundError:
         return None
     for name in names:
-        if not name.startswith(SURGE_PREFIX):
-            continue
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(directory, name))
         pid = name[len(SURGE_PREFIX):]
-        if pid.isdigit() and int(pid) in workers:
+        if name.startswith(SURGE_PREFIX) and pid.isdigit():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, name))
             return int(pid)
     return None
