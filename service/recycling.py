@@ -30,6 +30,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import signal
 import time
 
 LOCK_NAME = "lock"
@@ -135,12 +136,19 @@ class ReadyBoard:
         with self._locked() as locked:
             return len(self._live()) if locked else -1
 
-    def ask_for_surge(self) -> None:
-        """Leave the master a note that the next SIGTTIN is this process's:
-        one worker more until this one, replaced, has exited
-        (gunicorn.conf.py, take_surge_request)."""
+    def ask_for_surge(self, master: int) -> None:
+        """Ask the master for one worker more (SIGTTIN), with a note saying
+        the signal is this process's: gunicorn.conf.py then counts the
+        extra worker as its replacement and takes it back once this process
+        has exited (take_surge_request)."""
         path = os.path.join(self.directory, f"{SURGE_PREFIX}{self.pid}")
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+        try:
+            os.kill(master, signal.SIGTTIN)
+        except OSError:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # no signal, no note: an operator's TTIN stays theirs
+            raise
 
     def _write(self) -> None:
         data = f"{self._since!r} {self._due!r}".encode()

@@ -41,9 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
-import signal
 import sys
 import time
 from functools import partial
@@ -249,12 +247,9 @@ class GeventWorker(_GeventWorker):
                 return
 
     def _ask_for_replacement(self) -> float:
-        """Ask the master for one worker more (SIGTTIN), noted as this
-        one's, so that gunicorn.conf.py's child_exit takes it back when
-        this worker exits: the replacement boots while this one serves."""
+        """The replacement boots while this worker serves (ReadyBoard.ask_for_surge)."""
         try:
-            self.board.ask_for_surge()
-            os.kill(self.ppid, signal.SIGTTIN)
+            self.board.ask_for_surge(self.ppid)
         except OSError as exc:  # the note or the signal: the timeout recycles
             self.log.warning("Cannot ask the master for a replacement: %s", exc)
         self.log.info("Worker reached %s requests (pid:%s); its replacement is starting, "

@@ -414,3 +414,22 @@ def test_ready_board_lets_the_longest_due_go_first_once_the_newest_settled(tmp_p
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_ready_board_asks_for_a_surge_with_a_note_only_when_the_signal_went(tmp_path):
+    from service.recycling import take_surge_request
+
+    me = ReadyBoard(str(tmp_path), os.getpid())
+    received = []
+    previous = signal.signal(signal.SIGTTIN, lambda *_: received.append(True))
+    try:
+        me.ask_for_surge(os.getpid())
+    finally:
+        signal.signal(signal.SIGTTIN, previous)
+    assert received == [True]
+    assert take_surge_request(str(tmp_path)) == os.getpid()
+    assert take_surge_request(str(tmp_path)) is None  # the note was taken
+    with pytest.raises(ProcessLookupError):
+        me.ask_for_surge(999_999_999)  # above any pid_max: the signal cannot go
+    assert not list(tmp_path.glob("surge-*"))
+    assert take_surge_request(str(tmp_path)) is None
