@@ -23,8 +23,9 @@ def scrape(port: int) -> dict:
 
 
 def scrape_until(port: int, predicate, timeout: float = 5) -> dict:
-    """A scrape for which predicate(samples) holds (counts are recorded when
-    a response is closed, just after the client has read it)."""
+    """A scrape for which predicate(samples) holds (event counts are written
+    when they happen; request counts and latencies by each worker once a
+    second, service/metrics.py)."""
     def check():
         samples = scrape(port)
         return samples if predicate(samples) else None
@@ -77,9 +78,17 @@ def test_requests_are_counted_by_route_template_on_the_metrics_bind_only(
     assert requests.get(server.url + "/metrics", timeout=5).status_code == 404
 
     mine = {"route": "/test/client", "method": "GET", "status": "200"}
-    samples = scrape_until(port, lambda s: value(s, "service_http_requests_total", **mine) == 3)
-    assert value(samples, "service_http_requests_total",
-                 route="/api/sessions/<handle>", method="DELETE", status="404") == 1
+    deleted = {"route": "/api/sessions/<handle>", "method": "DELETE", "status": "404"}
+
+    def all_published(samples):
+        # Each worker publishes its counts once a second: wait for both.
+        return (value(samples, "service_http_requests_total", **mine) == 3
+                and value(samples, "service_http_requests_total", **deleted) is not None
+                and (value(samples, "service_http_requests_total",
+                           route="[unmatched]", method="GET", status="404") or 0) >= 2)
+
+    samples = scrape_until(port, all_published)
+    assert value(samples, "service_http_requests_total", **deleted) == 1
     assert value(samples, "service_http_requests_total",  # secret_path and /metrics
                  route="[unmatched]", method="GET", status="404") == 2
     routes = {labels["route"] for labels in series(samples, "service_http_requests_total")}
