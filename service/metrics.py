@@ -132,13 +132,14 @@ class RequestMetrics:
         for labels, count in counts.items():
             http_requests.labels(*labels).inc(count)
         for route, timing in timings.items():
-            # What Histogram.observe does, for many observations at once: its
-            # buckets hold the count per bucket (cumulated when collected).
+            # What Histogram.observe does, for many observations at once and
+            # in its order (the sum, then the buckets, which hold the count per
+            # bucket, cumulated when collected).
             child = http_duration.labels(route)
+            child._sum.inc(timing[-1])
             for bucket, count in zip(child._buckets, timing):
                 if count:
                     bucket.inc(count)
-            child._sum.inc(timing[-1])
 
 
 class Peak:
