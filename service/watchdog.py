@@ -104,12 +104,12 @@ def init_app(app, settings) -> None:
     subscribers.append(watchdog.on_event)
     app.extensions["watchdog"] = watchdog
 
-    def start_monitoring():
-        with warnings.catch_warnings():
-            # The memory monitor (off: max_memory_usage) would ask for psutil.
-            warnings.filterwarnings("ignore", message="Unable to monitor memory usage")
-            hub.start_periodic_monitoring_thread()
-
-    # Once the worker's loop runs: the rest of its boot (gunicorn's hooks,
-    # the boot guard's scan of every module) is no request's business.
-    hub.loop.run_callback(start_monitoring)
+    # The memory monitor (off: max_memory_usage) asks for psutil with a
+    # MonitorWarning on stderr in every worker. gevent's hub starts the
+    # monitor thread itself when it first runs (Hub.run), wherever that
+    # happens, so the filter stays for the worker's life; it matches only
+    # that message.
+    warnings.filterwarnings("ignore", message="Unable to monitor memory usage")
+    # Once the worker's loop runs, unless the hub ran already (the thread is
+    # started once).
+    hub.loop.run_callback(hub.start_periodic_monitoring_thread)

@@ -45,6 +45,22 @@ def test_a_view_burning_cpu_is_logged_with_route_request_id_stack_and_counted(
     assert not [e for e in watchdog_lines(server) if "/test/wait" in e["message"]]
 
 
+def test_workers_boot_without_asking_for_psutil(redis_server, make_gunicorn):
+    """gevent's memory monitor (off here) warns on stderr that psutil is
+    missing whenever its thread starts; without metrics the hub runs before
+    the watchdog's callback, so the filter must outlive it."""
+    env = base_env(redis_server.url, BLOCKED_HUB_THRESHOLD="0.2", WEB_CONCURRENCY="2")
+    server = make_gunicorn(env).start()
+    assert requests.get(server.url + "/test/wait?seconds=0.3", timeout=5).status_code == 200
+
+    def both_accepting():
+        stderr = server.stderr()
+        return stderr if stderr.count("Worker accepting") == 2 else None
+
+    stderr = wait_until(both_accepting, 10, "both workers accepting")
+    assert "MonitorWarning" not in stderr and "psutil" not in stderr, stderr
+
+
 def test_on_by_default_in_production_only():
     secret = "x" * 8 + "abcdefghijklmnopqrstuvwxyz0123456789"
     production = Settings.from_env({"APP_ENV": "production", "SECRET_KEY": secret})
