@@ -52,6 +52,7 @@ from gevent.server import StreamServer
 from gunicorn.sock import ssl_context
 from gunicorn.workers.ggevent import GeventWorker as _GeventWorker
 
+from service.middleware import direct
 from service.recycling import ReadyBoard
 
 SHUTDOWN_GRACE = 0.5
@@ -161,7 +162,7 @@ class GeventWorker(_GeventWorker):
 
     def load_wsgi(self):
         super().load_wsgi()
-        app = self.wsgi
+        app = direct(self.wsgi)
 
         def closing_on_shutdown(environ, start_response):
             # gunicorn decides Connection: close before the app runs; a
