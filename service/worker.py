@@ -44,7 +44,6 @@ import math
 import random
 import sys
 import time
-from functools import partial
 
 import gevent
 from gevent.pool import Pool
@@ -103,7 +102,7 @@ class GeventWorker(_GeventWorker):
         servers = []
         for s in self.sockets:
             s.setblocking(1)
-            server = StreamServer(s, handle=partial(self.handle, s),
+            server = StreamServer(s, handle=self._handler(s),
                                   spawn=Pool(self.worker_connections), **ssl_args)
             if self.cfg.workers > 1:
                 server.max_accept = 1
@@ -134,6 +133,17 @@ class GeventWorker(_GeventWorker):
                 server.stop(timeout=1)
         except Exception:  # exiting either way, as in gunicorn's run
             self.log.debug("Error while stopping the servers", exc_info=True)
+
+    def _handler(self, listener):
+        # A closure, not functools.partial: a partial is called through C,
+        # which starts a C-level interpreter frame every connection's
+        # greenlet keeps while it waits (service.middleware.direct).
+        handle = self.handle
+
+        def handle_connection(client, addr):
+            return handle(listener, client, addr)
+
+        return handle_connection
 
     def handle(self, listener, client, addr):
         age = self.keepalive_max_age * random.uniform(0.5, 1.0) or math.inf
