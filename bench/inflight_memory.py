@@ -10,7 +10,7 @@ app, in alternating order). Three apps:
   bare      bench/peer_flask.py (bare Flask, the twins' routes)
   kit       bench/kit_app.py, production settings
   objects   the kit with its middleware layers called as objects (the
-            behaviour before service.middleware.direct): each such call
+            behaviour before service.inline.direct): each such call
             starts a C-level interpreter frame that a waiting greenlet keeps
 
 With a server (unless --no-server): the project's gunicorn.conf.py and

@@ -8,7 +8,6 @@ import os
 import re
 import sys
 import time
-from types import FunctionType, MethodType
 
 from greenlet import getcurrent
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -16,6 +15,7 @@ from werkzeug.wsgi import ClosingIterator
 
 from . import logformat
 from .config import Settings
+from .inline import direct
 from .logformat import REQUEST_ID_KEY
 
 TRUSTED_KEY = "service.from_trusted_proxy"
@@ -173,21 +173,6 @@ def configure_logging(settings: Settings) -> None:
     handler.setFormatter(logformat.formatter(settings.log_format))
     root.addHandler(handler)
     root.setLevel(settings.log_level)
-
-
-def direct(app):
-    """``app`` as a callable that CPython runs in the caller's interpreter loop.
-
-    Calling an object whose class defines ``__call__`` in Python goes through
-    C (``slot_tp_call``) and starts a new C-level interpreter frame; a request
-    waiting in a greenlet keeps a copy of that C stack, about 0.9 KiB per such
-    layer (bench/README.md, "Memory per request in flight"). A bound method of
-    a Python function is called inline (CPython 3.11+), so each layer of this
-    stack is handed on as one. Anything else is returned as it is."""
-    call = getattr(type(app), "__call__", None)  # noqa: B004 - the class's own, not callable()
-    if isinstance(call, FunctionType):
-        return MethodType(call, app)
-    return app
 
 
 def wrap(wsgi_app, settings: Settings, metrics=None):

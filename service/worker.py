@@ -51,7 +51,7 @@ from gevent.server import StreamServer
 from gunicorn.sock import ssl_context
 from gunicorn.workers.ggevent import GeventWorker as _GeventWorker
 
-from service.middleware import direct
+from service.inline import direct
 from service.recycling import ReadyBoard
 
 SHUTDOWN_GRACE = 0.5
@@ -137,7 +137,7 @@ class GeventWorker(_GeventWorker):
     def _handler(self, listener):
         # A closure, not functools.partial: a partial is called through C,
         # which starts a C-level interpreter frame every connection's
-        # greenlet keeps while it waits (service.middleware.direct).
+        # greenlet keeps while it waits (service.inline.direct).
         handle = self.handle
 
         def handle_connection(client, addr):

@@ -34,12 +34,13 @@ def test_the_kit_layers_call_each_other_as_bound_methods(app):
     """Each layer of the kit's WSGI stack is handed on as a bound method of a
     Python function, which CPython calls inline; an object with __call__
     would start a new C-level frame, kept per waiting greenlet
-    (service.middleware.direct)."""
+    (service.inline.direct)."""
     from types import MethodType
 
     from werkzeug.middleware.proxy_fix import ProxyFix
 
-    from service.middleware import RequestLog, TrustedProxy, direct
+    from service.inline import direct
+    from service.middleware import RequestLog, TrustedProxy
 
     proxy = app.wsgi_app
     assert isinstance(proxy, MethodType) and isinstance(proxy.__self__, TrustedProxy)

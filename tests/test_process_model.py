@@ -91,3 +91,17 @@ def test_a_bad_setting_stops_gunicorn_with_one_line(redis_server, make_gunicorn,
     assert len(lines) == 2, lines  # no traceback, no worker
     assert lines[1].startswith(f"  - {name}={value!r} ")
     assert f"; e.g. {name}=" in lines[1]
+
+
+def test_the_worker_class_loads_in_the_master_without_the_app_libraries():
+    """gunicorn imports the worker class in the master, before any fork or
+    patching (service/worker.py): it must bring in no web library, so the
+    master stays small (every worker starts as a copy of it)."""
+    import sys
+
+    code = ("import sys, service.worker; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'flask', 'werkzeug', 'redis', 'jinja2', 'prometheus_client', 'limits'}))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert loaded == "[]"
