@@ -1,4 +1,5 @@
 import itertools
+import signal
 
 import pytest
 import redis
@@ -8,6 +9,15 @@ from tests.support.api import PASSWORD, ApiClient, new_username
 from tests.support.nginx import Nginx
 from tests.support.processes import Gunicorn, RedisServer, base_env
 from tests.support.tls import LocalCA
+
+# A shell without job control starts a background job (`scripts/test &`,
+# nohup) with SIGINT and SIGQUIT ignored, and ignored signals are inherited:
+# the scripts and servers the tests start would then ignore the Ctrl-C the
+# tests send them. Start every child as a terminal would, with the defaults.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGQUIT) is signal.SIG_IGN:
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")
