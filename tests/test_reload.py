@@ -1,7 +1,8 @@
 """A reload (HUP) runs the code on disk: after a release is checked out into
 a running copy of the service, every worker the HUP starts serves the new
 create_app, service/config.py, templates and worker class, and no request
-fails on the way (deploy/README.md, "Deploying a new version")."""
+fails on the way through nginx, nor in nginx's own log (deploy/README.md,
+"Deploying a new version")."""
 
 from __future__ import annotations
 
@@ -137,6 +138,18 @@ def test_hup_serves_the_new_code_from_every_new_worker_without_failing_requests(
         # Old workers: the old code to the end; new ones: the release only.
         assert (release, meta) == (("2", True) if pid in new_pids else (None, False)), pid
     assert any(pid in new_pids for pid, _, _ in served)
+
+    def logged():
+        # nginx writes a request's log line after sending its response; the
+        # client may have read the last response before that line is written.
+        entries = [json.loads(line) for line in nginx.access_log().splitlines() if line]
+        return entries if len(entries) >= load.ok else None
+
+    entries = wait_until(logged, 5, "nginx to log every request the clients saw answered")
+    assert {entry["status"] for entry in entries} == {200}  # none failed upstream either
+    retried = [e for e in entries if "," in e["upstream_status"]]
+    print(f"\n{load.ok} requests through the reload, 0 failed; "
+          f"nginx retried {len(retried)} on a fresh upstream connection")
 
     # Every new worker serves the new route, header, config and worker class.
     seen = {}

@@ -48,14 +48,14 @@ def test_term_finishes_in_flight_requests_and_closes_idle_connections(redis_serv
 
 def test_hup_reload_replaces_workers_without_failing_requests(redis_server, make_gunicorn):
     server = make_gunicorn(base_env(redis_server.url, WEB_CONCURRENCY=2)).start()
-    failures, done = [], threading.Event()
+    failures, answered, done = [], [], threading.Event()
 
     def load():
         with requests.Session() as client:  # keep-alive, like nginx upstream
             while not done.is_set():
                 try:
-                    if client.get(server.url + "/healthz", timeout=5).status_code != 200:
-                        failures.append("status")
+                    status = client.get(server.url + "/healthz", timeout=5).status_code
+                    (answered if status == 200 else failures).append(status)
                 except requests.RequestException as exc:
                     failures.append(repr(exc))
 
@@ -69,4 +69,6 @@ def test_hup_reload_replaces_workers_without_failing_requests(redis_server, make
     for t in threads:
         t.join(10)
     assert failures == []
+    print(f"\n{len(answered)} requests across the reload")
+    assert len(answered) > 100  # the load really ran across the reload
     assert server.process.poll() is None
