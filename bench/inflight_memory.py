@@ -40,14 +40,6 @@ sys.path.insert(0, str(ROOT))
 APPS = ("bare", "kit", "objects")
 
 
-def rss_mib(pid: int | str = "self") -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def in_process(kind: str, requests: int, redis_url: str) -> float:
     """KiB per request in flight; runs in a child process of its own."""
     from gevent import monkey
@@ -66,6 +58,7 @@ def in_process(kind: str, requests: int, redis_url: str) -> float:
 
             service.middleware.direct = lambda app: app
         from bench.kit_app import app
+    from peers import rss_mib
     from request_cost import environ_for
 
     environ = environ_for("/io", None)
@@ -81,15 +74,16 @@ def in_process(kind: str, requests: int, redis_url: str) -> float:
         gevent.joinall([gevent.spawn(one) for _ in range(requests // 10)])
     # Once per process: memory freed after a round stays with the process
     # (pymalloc arenas, the C heap), so a second round would mostly reuse it.
-    before = rss_mib()
+    before = rss_mib(os.getpid())
     greenlets = [gevent.spawn(one) for _ in range(requests)]
     gevent.sleep(0.03)  # all of them are in their 50 ms sleep now
-    held = (rss_mib() - before) * 1024 / requests
+    held = (rss_mib(os.getpid()) - before) * 1024 / requests
     gevent.joinall(greenlets)
     return held
 
 
 def server_peak(app: str, redis_url: str, directory: Path, wrk_binary: str) -> tuple[float, float]:
+    from peers import process_tree, rss_mib
     from workers import parse_wrk, wrk
 
     from tests.support.processes import Gunicorn, base_env
@@ -99,9 +93,7 @@ def server_peak(app: str, redis_url: str, directory: Path, wrk_binary: str) -> t
                    LOG_FORMAT="text", LOG_LEVEL="INFO")
     server = Gunicorn(directory, env, app=app).start(timeout=30)
     try:
-        workers = [int(p) for p in subprocess.run(
-            ["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True,
-            check=False).stdout.split()]
+        workers = process_tree(server.process.pid)[1:]
         start = max(rss_mib(pid) for pid in workers)
         peak, done = [start], threading.Event()
 
