@@ -193,13 +193,15 @@ class GeventWorker(_GeventWorker):
         board = self.board
         if not self.alive:
             return  # stopped while it booted (gunicorn.conf.py, post_fork)
+        # Said before the board counts it: once it does, a worker waiting for
+        # this replacement may stop and say so, and the log must read in order.
+        self.log.info("Worker accepting (pid:%s)", self.pid)
         try:
             board.mark_ready()
         except OSError as exc:
             self.log.warning("Recycling alone: cannot write to %s (%s)", board.directory, exc)
             self.max_requests = self.recycle_at
             return
-        self.log.info("Worker accepting (pid:%s)", self.pid)
         deferred = None  # how many accepted when this worker last said it waits
         surge_since = None  # when it asked the master for its replacement
         joined = False  # a worker joined the board since the last shedding check
