@@ -107,7 +107,7 @@ class RequestMetrics:
         self._bounds = http_duration._upper_bounds  # the buckets' "le", +Inf last
         self._counts: dict = {}  # (route, method, status) -> requests since published
         self._timings: dict = {}  # route -> [requests per bucket..., seconds in all]
-        _request_metrics.append(weakref.ref(self))
+        _request_metrics.add(self)
 
     def started(self) -> None:
         self.in_flight += 1
@@ -152,7 +152,7 @@ class Peak:
         self.gauge = gauge
         self.now = now
         self.value = 0
-        _peaks.append(weakref.ref(self))
+        _peaks.add(self)
         if not _publisher:
             _publisher.append(threading.Thread(
                 target=_publish_every_second, name="metrics-publisher", daemon=True))
@@ -164,33 +164,23 @@ class Peak:
 
 
 PUBLISH_SECONDS = 1.0
-_peaks: list = []  # weak references to every Peak
+_peaks: weakref.WeakSet = weakref.WeakSet()  # every Peak (a reset pool's goes with it)
 _publisher: list = []  # the publishing thread (a greenlet under gevent), once started
-_request_metrics: list = []  # weak references to every RequestMetrics
+_request_metrics: weakref.WeakSet = weakref.WeakSet()  # every RequestMetrics
 
 
 def publish() -> None:
     """Write what RequestMetrics counted since the last time to the metric
     files (once a second, and from the worker_exit hook)."""
-    for ref in list(_request_metrics):
-        request_metrics = ref()
-        if request_metrics is None:
-            _request_metrics.remove(ref)
-        else:
-            request_metrics.publish()
+    for request_metrics in list(_request_metrics):
+        request_metrics.publish()
 
 
 def _publish_every_second() -> None:
     while True:
         time.sleep(PUBLISH_SECONDS)
         publish()
-        live = []
-        for ref in list(_peaks):
-            peak = ref()
-            if peak is None:  # its pool was reset and collected
-                _peaks.remove(ref)
-            else:
-                live.append(peak)
+        live = list(_peaks)
         # A pool reset leaves its old queue (and Peak) until the garbage
         # collector takes it: of several Peaks of one gauge, the largest wins.
         largest: dict = {}
