@@ -100,11 +100,10 @@ from tests.support.testapp import app
 from service import metrics
 def start_response(status, headers, exc_info=None):
     assert status.startswith("200"), status
+sys.path.insert(0, os.path.join(root, "bench"))
+from request_cost import environ_for  # the gunicorn-like environ bench/request_cost.py uses
 for path in sys.argv[4:]:
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "",
-               "SERVER_NAME": "localhost", "SERVER_PORT": "80", "HTTP_HOST": "localhost",
-               "REMOTE_ADDR": "127.0.0.1", "SERVER_PROTOCOL": "HTTP/1.1",
-               "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(), "wsgi.errors": sys.stderr}
+    environ = dict(environ_for(path, None), **{"wsgi.input": io.BytesIO()})
     calls = 0
     def one():
         global calls
