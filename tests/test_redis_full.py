@@ -65,3 +65,35 @@ def test_a_full_redis_still_serves_reads_and_refuses_writes_as_full(stack):
     log = server.stdout()
     assert "Redis is full" in log and "Redis unavailable" not in log
     assert "Traceback" not in log
+
+
+def test_a_refused_session_save_is_a_503_that_changes_nothing(stack):
+    """The session loads (a read), its save is the first write refused: the
+    answer says "full", no cookie is set and the record is as it was."""
+    redis_server, server, client = stack
+    user = client()
+    assert user.register("saver", PASSWORD).status_code == 201
+    assert user.login("saver", PASSWORD).status_code == 200
+    sid = user.sid
+    with redis_server.client() as db:
+        before = db.hgetall(f"session:{sid}")
+        assert before
+        db.config_set("maxmemory", 1)
+        try:
+            refused = user.http.post(server.url + "/test/session", json={"cart": 1}, timeout=10,
+                                     headers={"Accept": "application/json"})
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"] == "store_full"
+            assert refused.headers["Retry-After"] == "5"
+            assert "Set-Cookie" not in refused.headers
+            assert "Traceback" not in refused.text
+            assert db.hgetall(f"session:{sid}") == before
+        finally:
+            db.config_set("maxmemory", 0)
+    assert user.sid == sid
+    data = user.get("/test/session").json()
+    assert "cart" not in data and data["uid"]
+    assert user.post("/test/session", {"cart": 2}).status_code == 200
+    assert user.get("/test/session").json()["cart"] == 2
+    log = server.stdout()
+    assert "Redis is full" in log and "Traceback" not in log

@@ -38,7 +38,7 @@ def test_redis_outage_gives_503_and_recovers(outage):
 
     cases = [
         ("GET", "/test/session", {"cookies": cookies}),                  # session load
-        ("POST", "/test/session", {"json": {"a": 1}}),                    # session save
+        ("POST", "/test/session", {"json": {"a": 1}}),                    # a new record
         ("GET", "/test/wait", {}),                                        # Redis in a view
         ("GET", "/test/session", {"cookies": cookies, "headers": {"Accept": "text/html"}}),
     ]

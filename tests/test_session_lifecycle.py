@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from service.session_store import SessionStore
 from tests.support.api import PASSWORD, ApiClient, new_username
 from tests.support.processes import base_env
 
@@ -19,12 +20,16 @@ def session_key(sid):
 def test_login_rotates_the_session_id(api, account, redis_server):
     username, password = account
     client = api()
-    client.fetch_csrf()  # creates the anonymous (pre-login) session
+    # An anonymous session with a record of its own (more than a CSRF secret,
+    # which would only be a pre-session in the cookie).
+    assert client.post("/test/session", {"cart": 1}).status_code == 200
     before = client.sid
-    assert before
-    client.login(username, password)
+    assert SessionStore.is_id(before)
+    with redis_server.client() as db:
+        assert db.exists(session_key(before))
+    assert client.login(username, password).status_code == 200
     after = client.sid
-    assert after and after != before
+    assert SessionStore.is_id(after) and after != before
     with redis_server.client() as db:
         assert not db.exists(session_key(before))
         assert db.exists(session_key(after))
@@ -32,6 +37,7 @@ def test_login_rotates_the_session_id(api, account, redis_server):
     fixated = api()
     fixated.http.cookies.set("session", before)
     assert fixated.get("/api/me").status_code == 401
+    assert fixated.get("/test/session").json() == {}
 
 
 def test_password_change_rotates_the_id_and_ends_other_sessions(api, account, redis_server):
@@ -105,28 +111,32 @@ def test_logout_sends_a_deletion_cookie_browsers_honour(api, account):
 
 def test_concurrent_requests_keep_each_others_writes_to_different_keys(
         api, account, service, redis_server):
+    """The slow request loaded `shared` before the fast one changed it; its
+    save writes only the key it changed, never its stale copy of the others."""
     username, password = account
     client = api()
     client.login(username, password)
 
-    def write(key, seconds):
-        client.http.post(service.url + "/test/slow-write", timeout=10,
-                         json={"seconds": seconds, "key": key, "value": key.upper()})
+    def write(key, value, seconds):
+        r = client.http.post(service.url + "/test/slow-write", timeout=10,
+                             json={"seconds": seconds, "key": key, "value": value})
+        assert r.status_code == 200
 
-    threads = [threading.Thread(target=write, args=("first", 1.0)),
-               threading.Thread(target=write, args=("second", 0.5))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
-    data = client.get("/test/session").json()
-    assert data["first"] == "FIRST" and data["second"] == "SECOND"
-    assert data["uid"]  # and nothing else was lost either
+    for round_ in range(4):
+        assert client.post("/test/session", {"shared": "old"}).status_code == 200
+        threads = [threading.Thread(target=write, args=(f"slow{round_}", "S", 0.6)),
+                   threading.Thread(target=write, args=("shared", f"new{round_}", 0.2))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        data = client.get("/test/session").json()
+        assert data["shared"] == f"new{round_}", data
+        assert data[f"slow{round_}"] == "S" and data["uid"]
 
 
-@pytest.fixture
-def short_lived(redis_server, make_gunicorn):
-    env = base_env(redis_server.url, SESSION_IDLE_TIMEOUT=2, SESSION_ABSOLUTE_TIMEOUT=4,
+def timed_sessions(redis_server, make_gunicorn, absolute):
+    env = base_env(redis_server.url, SESSION_IDLE_TIMEOUT=2, SESSION_ABSOLUTE_TIMEOUT=absolute,
                    AUTH_RATE_LIMIT="1000 per minute")
     server = make_gunicorn(env).start()
     clients = []
@@ -143,8 +153,20 @@ def short_lived(redis_server, make_gunicorn):
         client.close()
 
 
-def test_idle_timeout_ends_a_quiet_session(short_lived, redis_server):
-    make, username = short_lived
+@pytest.fixture
+def short_lived(redis_server, make_gunicorn):
+    """Idle timeout 2 s, absolute timeout 4 s."""
+    yield from timed_sessions(redis_server, make_gunicorn, 4)
+
+
+@pytest.fixture
+def idle_only(redis_server, make_gunicorn):
+    """Idle timeout 2 s; the absolute timeout (30 s) never comes into play."""
+    yield from timed_sessions(redis_server, make_gunicorn, 30)
+
+
+def test_idle_timeout_ends_a_quiet_session(idle_only, redis_server):
+    make, username = idle_only
     client = make()
     client.login(username, PASSWORD)
     with redis_server.client() as db:
@@ -152,7 +174,9 @@ def test_idle_timeout_ends_a_quiet_session(short_lived, redis_server):
     time.sleep(1.2)
     assert client.get("/api/me").status_code == 200  # activity slides the idle timeout
     time.sleep(1.2)
-    assert client.get("/api/me").status_code == 200
+    assert client.get("/api/me").status_code == 200  # 2.4 s after login: it slid
+    with redis_server.client() as db:
+        assert 1000 < db.pttl(session_key(client.sid)) <= 2000  # renewed to the idle timeout
     time.sleep(2.5)
     assert client.get("/api/me").status_code == 401
     with redis_server.client() as db:
