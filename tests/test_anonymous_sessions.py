@@ -38,11 +38,15 @@ def stack(tmp_path):
 
 def cookieless_flood(base_url, paths):
     """GET each path without ever sending a cookie, 8 at a time, with
-    keep-alive; returns the statuses."""
+    keep-alive, for at most FLOOD_SECONDS; returns the statuses (a path not
+    sent by then is missing from them)."""
+    deadline = time.monotonic() + FLOOD_SECONDS
+
     def worker(chunk):
         with requests.Session() as http:
             http.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))  # keep none
-            return [http.get(base_url + path, timeout=10).status_code for path in chunk]
+            return [http.get(base_url + path, timeout=10).status_code for path in chunk
+                    if time.monotonic() < deadline]
 
     chunks = [paths[i::8] for i in range(8)]
     with ThreadPoolExecutor(8) as pool:
@@ -75,13 +79,21 @@ def test_an_anonymous_flood_leaves_redis_unchanged(stack):
 
 def test_a_full_redis_still_hands_out_csrf_tokens(stack):
     redis_server, server = stack
+    visitor = ApiClient(server.url)
     with redis_server.client() as db:
         db.config_set("maxmemory", 1)  # noeviction: every growing write fails
         try:
             for path in ("/api/csrf", "/login", "/register"):
                 assert requests.get(server.url + path, timeout=5).status_code == 200, path
+            token = visitor.fetch_csrf()
+            assert token
+            # The token works (a request without it is refused: the control).
+            refused = visitor.post("/api/auth/logout", csrf=False)
+            assert refused.status_code == 403 and refused.json()["error"] == "csrf_failed"
+            assert visitor.post("/api/auth/logout").status_code == 204
         finally:
             db.config_set("maxmemory", 0)
+            visitor.close()
 
 
 def test_new_anonymous_records_are_limited_per_address(stack):

@@ -134,6 +134,10 @@ def test_one_json_log_line_per_request_with_its_request_id(service):
     # The line is written when the server closes the response, just after
     # the client has read it.
     mine = wait_until(logged, 5, "the access log line")
+    # A later request's line is written after any second line of this one.
+    after = requests.get(service.url + "/healthz?probe=2", timeout=5).headers["X-Request-ID"]
+    wait_until(lambda: after in service.stdout(), 5, "the next request's line")
+    mine = logged()
     assert len(mine) == 1
     entry = mine[0]
     assert entry["method"] == "GET" and entry["path"] == "/healthz" and entry["status"] == 200

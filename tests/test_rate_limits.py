@@ -43,6 +43,11 @@ def test_failed_logins_are_limited_per_account_and_address(limited):
 
     # The victim, from their own address, is not locked out.
     assert victim.login(victim_name, PASSWORD).status_code == 200
+    # And the block is on this account from this address, not on the address:
+    # a failure on another account from there is still an ordinary 401.
+    other_name = new_username("other")
+    assert victim.register(other_name, PASSWORD).status_code == 201
+    assert attacker.login(other_name, "a wrong guess").status_code == 401
     with redis_server.client() as db:
         assert list(db.scan_iter("LIMITS:LIMITER/ratelimit/*"))  # counters live in Redis
 

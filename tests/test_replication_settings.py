@@ -42,7 +42,9 @@ def test_a_malformed_sentinel_url_is_a_settings_problem(url, why):
 def test_the_password_of_a_sentinel_url_is_masked():
     settings = Settings.from_env(base_env(URL + "/0"))
     assert settings.problems == ()
-    assert "p%40ss" not in str(settings.redacted())
+    redacted = settings.redacted()
+    assert redacted["redis_url"] == URL.replace("p%40ss", "***") + "/0"
+    assert "p%40ss" not in str(redacted) and "p@ss" not in str(redacted)
 
 
 def test_wait_timeout_must_be_shorter_than_the_socket_timeout(redis_server):

@@ -82,6 +82,15 @@ def test_the_absolute_timeout_caps_the_ttl_and_ends_the_record(store):
     assert store.peek(expired) is None
     assert not store.client.exists(store.key(expired))
 
+    # A record whose TTL outlives its absolute timeout (the setting was
+    # lowered, say): peek() itself ends it.
+    outlived = store.new_id()
+    store.client.hset(store.key(outlived),
+                      mapping={"m:created": now_ms() - 121_000, "d:a": b"\x01"})
+    store.client.pexpire(store.key(outlived), 60_000)
+    assert store.peek(outlived) is None
+    assert not store.client.exists(store.key(outlived))
+
 
 FOREIGN = {
     "a pickled string": pickle.dumps({"uid": "admin"}),

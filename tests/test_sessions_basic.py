@@ -58,13 +58,16 @@ def test_responses_that_do_not_read_the_session_are_cacheable(service):
     assert "no-store" not in home.headers.get("Cache-Control", "")
 
 
-def test_foreign_or_forged_session_data_is_never_decoded(service, redis_server):
+def test_foreign_or_forged_session_data_is_never_decoded(service, redis_server, tmp_path):
     sid = "F" * 43
+    marker = tmp_path / "pwned-by-session"
     with redis_server.client() as db:
         # A pickle that would run `touch` if anything unpickled it.
-        db.set(f"session:{sid}", b"cos\nsystem\n(S'touch /tmp/pwned-by-session'\ntR.")
-    r = requests.get(service.url + "/test/session", cookies={"session": sid}, timeout=5)
-    assert r.status_code == 200
-    assert r.json() == {}
-    with redis_server.client() as db:
-        db.delete(f"session:{sid}")
+        db.set(f"session:{sid}", f"cos\nsystem\n(S'touch {marker}'\ntR.".encode())
+        try:
+            r = requests.get(service.url + "/test/session", cookies={"session": sid}, timeout=5)
+            assert r.status_code == 200
+            assert r.json() == {}
+            assert not marker.exists()
+        finally:
+            db.delete(f"session:{sid}")
