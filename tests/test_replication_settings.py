@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import secrets
+
 import pytest
 import redis
 from limits._storage_scheme import parse_storage_uri
 
 from service import Settings, create_app
 from service.redis_url import parse_sentinel_url
-from tests.support.api import new_username
+from tests.support.api import PASSWORD, new_username
 from tests.support.processes import base_env
 
 URL = "redis+sentinel://app:p%40ss@10.0.0.1:26379,sentinel-2:26380,[fd00::3]:26379/mymaster"
@@ -96,3 +98,50 @@ def test_without_wait_the_same_login_succeeds(make_app):
     assert response.status_code == 200
     assert "Set-Cookie" in response.headers
 
+
+
+# Every operation README promises REDIS_WAIT_REPLICAS for, besides login.
+ENDING = {
+    "logout": ("POST", "/api/auth/logout", None),
+    "revoke one session": ("DELETE", "/api/sessions/{other}", None),
+    "revoke the others": ("POST", "/api/sessions/revoke-others", None),
+    "password change": ("POST", "/api/auth/password",
+                        {"current_password": PASSWORD, "new_password": "another good one"}),
+    "account deletion": ("DELETE", "/api/account", {"password": PASSWORD}),
+}
+
+
+@pytest.mark.parametrize("operation", ENDING)
+def test_an_operation_that_ends_sessions_no_replica_confirmed_is_a_503(make_app, operation):
+    """Two sessions of one user made on an app that does not wait; the
+    operation on one that waits for a replica (there is none): 503 with
+    Retry-After, and no cookie or Clear-Site-Data the client would act on."""
+    key = secrets.token_urlsafe(48)
+    plain = make_app(REDIS_WAIT_REPLICAS=0, SECRET_KEY=key)
+    waiting = make_app(REDIS_WAIT_REPLICAS=1, REDIS_WAIT_TIMEOUT=0.1, SECRET_KEY=key)
+    username = new_username()
+    credentials = {"username": username, "password": PASSWORD}
+    sids = []
+    for _ in range(2):
+        client = plain.test_client()
+        token = client.get("/api/csrf").json["csrf_token"]
+        if not sids:
+            assert client.post("/api/auth/register", json=credentials,
+                               headers={"X-CSRF-Token": token}).status_code == 201
+        login = client.post("/api/auth/login", json=credentials, headers={"X-CSRF-Token": token})
+        assert login.status_code == 200
+        sids.append(client.get_cookie("session").value)
+
+    client = waiting.test_client()
+    client.set_cookie("session", sids[0])
+    listed = client.get("/api/sessions").json["sessions"]
+    other = next(s["handle"] for s in listed if not s["current"])
+    token = client.get("/api/csrf").json["csrf_token"]
+    method, path, body = ENDING[operation]
+    response = client.open(path.format(other=other), method=method, json=body,
+                           headers={"X-CSRF-Token": token})
+    assert response.status_code == 503, response.json
+    assert response.headers["Retry-After"]
+    assert response.json["error"] == "store_unavailable"
+    assert "Set-Cookie" not in response.headers
+    assert "Clear-Site-Data" not in response.headers
