@@ -23,6 +23,16 @@ def test_register_then_taken_name_is_409(api):
     assert again.json()["error"] == "username_taken"
 
 
+def test_passwords_are_stored_as_argon2id_with_owasps_parameters(api, redis_server):
+    name = new_username()
+    assert api().register(name, PASSWORD).status_code == 201
+    with redis_server.client() as db:
+        stored = db.hget(f"user:{db.get(f'username:{name}').decode()}", "password").decode()
+    # OWASP's minimum for Argon2id: 19 MiB, 2 passes, 1 lane; never the password.
+    assert stored.startswith("$argon2id$v=19$m=19456,t=2,p=1$"), stored
+    assert PASSWORD not in stored
+
+
 @pytest.mark.parametrize("body, fields", [
     ({"username": "ab", "password": PASSWORD}, {"username"}),
     ({"username": "has space", "password": PASSWORD}, {"username"}),

@@ -47,6 +47,28 @@ def test_requests_that_never_write_the_session_set_no_cookie_and_no_key(service,
     assert session_keys(redis_server) == before
 
 
+def session_commands(db) -> dict:
+    """How often Redis ran the commands a session load or save sends."""
+    stats = db.info("commandstats")
+    return {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0)
+            for name in ("hgetall", "evalsha", "eval")}
+
+
+def test_a_request_that_never_reads_the_session_costs_no_redis_round_trip(
+        service, redis_server):
+    written = requests.post(service.url + "/test/session", json={"k": 1}, timeout=5)
+    cookies = {"session": written.cookies["session"]}
+    with redis_server.client() as db:
+        before = session_commands(db)
+        for path in ("/healthz", "/static/app.css", "/nope"):
+            requests.get(service.url + path, cookies=cookies, timeout=5)
+        assert session_commands(db) == before
+        # The positive control: a view that reads it loads it.
+        assert requests.get(service.url + "/test/session", cookies=cookies,
+                            timeout=5).json() == {"k": 1}
+        assert session_commands(db)["hgetall"] > before["hgetall"]
+
+
 def test_responses_that_do_not_read_the_session_are_cacheable(service):
     r = requests.get(service.url + "/healthz", timeout=5)
     assert "no-store" not in r.headers.get("Cache-Control", "")
