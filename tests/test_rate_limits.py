@@ -2,6 +2,8 @@
 Retry-After, per client address and per account+address, so an attacker
 cannot lock a victim out."""
 
+from itertools import pairwise
+
 import pytest
 
 from tests.support.api import PASSWORD, ApiClient, new_username
@@ -87,3 +89,32 @@ def test_password_checks_of_a_logged_in_user_are_limited_per_user(limited):
     ]
     # A different username in each body does not buy more guesses.
     assert statuses == [401, 401, 401, 429]
+
+
+def test_account_deletion_guesses_are_limited_per_user(limited):
+    client_from, _ = limited
+    name = new_username()
+    owner = client_from("198.51.100.50")
+    assert owner.register(name, PASSWORD).status_code == 201  # attempt 1 of 6 here
+    assert owner.login(name, PASSWORD).status_code == 200     # 2
+    statuses = [owner.delete("/api/account", {"password": f"guess {i}"}).status_code
+                for i in range(4)]                             # 3 to 6: within the address's 6
+    assert statuses == [401, 401, 401, 429]
+    assert owner.get("/api/me").status_code == 200  # nothing was deleted
+
+
+def test_password_changes_count_against_the_address_budget(limited):
+    client_from, _ = limited
+    name = new_username()
+    owner = client_from("198.51.100.60")
+    assert owner.register(name, PASSWORD).status_code == 201  # attempt 1 of 6
+    assert owner.login(name, PASSWORD).status_code == 200     # 2
+    passwords = [PASSWORD, "second good one", PASSWORD, "second good one", PASSWORD]
+    statuses = [owner.post("/api/auth/password", {"current_password": old,
+                                                  "new_password": new}).status_code
+                for old, new in pairwise(passwords)]
+    # Successes are no failures, but every one submits a password: 3 to 6, then 7.
+    assert statuses == [204, 204, 204, 204]
+    over = owner.post("/api/auth/password", {"current_password": PASSWORD,
+                                             "new_password": "second good one"})
+    assert over.status_code == 429 and over.json()["error"] == "rate_limited"
