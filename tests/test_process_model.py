@@ -2,11 +2,12 @@
 and refuses to start with an unsafe production configuration."""
 
 import subprocess
+import sys
 
 import pytest
 import requests
 
-from tests.support.processes import base_env
+from tests.support.processes import ROOT, base_env
 
 
 def test_no_monkey_patch_warning_in_worker_stderr(service):
@@ -105,3 +106,30 @@ def test_the_worker_class_loads_in_the_master_without_the_app_libraries():
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True).stdout.strip()
     assert loaded == "[]"
+
+
+def run_python(code: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT, check=True)
+    return done.stdout
+
+
+def test_boot_guard_names_unpatched_modules_and_held_originals():
+    """The guard's other two checks, each in a fresh interpreter."""
+    unpatched = run_python("from service import bootguard; print(bootguard.problems([]))")
+    assert ("standard library modules not monkey-patched: socket, ssl, select, time, "
+            "threading") in unpatched
+    # A module that took socket.socket before patching keeps the blocking one.
+    held = run_python(
+        "import types, sys, socket\n"
+        "holder = types.ModuleType('early_client'); holder.raw = socket.socket\n"
+        "sys.modules['early_client'] = holder\n"
+        "from gevent import monkey; monkey.patch_all()\n"
+        "from service import bootguard; print(bootguard.problems([]))")
+    assert "modules keep unpatched socket/ssl objects" in held
+    assert "early_client.raw" in held
+    assert "not monkey-patched" not in held
+    # The positive control: a cleanly patched interpreter has no problem.
+    clean = run_python("from gevent import monkey; monkey.patch_all()\n"
+                       "from service import bootguard; print(bootguard.problems([]))")
+    assert clean.strip() == "[]"
