@@ -294,11 +294,22 @@ def test_connection_limits_per_session_address_and_worker(limited, clients):
 
 
 def test_too_large_a_message_closes_with_1009(limited, clients):
+    from service.events.socket import MAX_MESSAGE
+
     (client,) = user_sessions(limited, 1)
     clients.append(client)
     ws = connect(limited, client)
     ws.send("small is fine")
-    ws.send("x" * 5000)
+    ws.send("x" * MAX_MESSAGE)  # exactly the limit: accepted, the socket still answers
+    ws.ping(b"still there")
+    ws.settimeout(3)
+    while True:  # the server's own pings (every second here) may come first
+        opcode, frame = ws.recv_data_frame(control_frame=True)
+        if opcode == websocket.ABNF.OPCODE_PONG:
+            assert frame.data == b"still there"
+            break
+        assert opcode == websocket.ABNF.OPCODE_PING, opcode
+    ws.send("x" * (MAX_MESSAGE + 1))  # one byte more
     assert read_until_closed(ws, timeout=3)[1] == MESSAGE_TOO_BIG
 
 
@@ -420,11 +431,13 @@ def test_a_peer_that_never_reads_is_dropped_with_a_bounded_queue():
 
     from service.events.socket import SEND_QUEUE, WebSocket
 
+    key = base64.b64encode(b"0123456789abcdef").decode()
+
     ours, theirs = gevent.socket.socketpair()
     for sock, option in ((ours, socket.SO_SNDBUF), (theirs, socket.SO_RCVBUF)):
         sock.setsockopt(socket.SOL_SOCKET, option, 4096)
     ws = WebSocket(ours, ping_interval=60)
-    writer = gevent.spawn(ws.serve, base64.b64encode(b"0123456789abcdef").decode())
+    writer = gevent.spawn(ws.serve, key)
     gevent.sleep(0.05)  # handshake written; the writer waits for work
     started = time.monotonic()
     sent = 0
@@ -438,6 +451,15 @@ def test_a_peer_that_never_reads_is_dropped_with_a_bounded_queue():
     assert writer.dead, "the writer is still blocked on a peer that never reads"
     assert time.monotonic() - started < 2
     assert sent < 2 * SEND_QUEUE + 400  # dropped once the queue filled, not after 100k
+    # ... and because it filled: SEND_QUEUE frames still wait, and more were sent.
+    assert ws.outbox.qsize() == SEND_QUEUE and sent > SEND_QUEUE, (ws.outbox.qsize(), sent)
+    # The peer was a WebSocket: the 101 is the first thing waiting for it.
+    accept = base64.b64encode(hashlib.sha1(
+        (key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+    theirs.settimeout(2)
+    head = theirs.recv(4096)
+    assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n"), head[:100]
+    assert f"Sec-WebSocket-Accept: {accept}\r\n".encode() in head, head[:200]
     ours.close()
     theirs.close()
 

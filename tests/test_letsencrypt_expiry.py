@@ -27,7 +27,6 @@ from tests.support.pebble import (
     ensure_certbot,
     flags,
     help_text,
-    pebble_config,
 )
 from tests.support.processes import free_port
 
@@ -160,9 +159,18 @@ def test_a_failed_last_renewal_alerts_until_a_run_succeeds(certbot):
     assert failed.returncode == 1
     assert "RENEWAL-FAILED app.test" in failed.stderr
     assert "the last renewal run (2026-11-18 " in failed.stderr and "deploy hook failed: nginx -t" in failed.stderr
-    assert 'tls_certificate_expiry_ok{name="app.test"' in (certbot.metrics_dir / "tls_certificates.prom").read_text()
+
+    def expiry_ok() -> float:  # the value deploy/prometheus/alerts.yml alerts on (== 0)
+        metrics = (certbot.metrics_dir / "tls_certificates.prom").read_text()
+        found = re.findall(r'^tls_certificate_expiry_ok\{name="app\.test",[^}]*\} (\S+)$',
+                           metrics, re.MULTILINE)
+        assert len(found) == 1, metrics
+        return float(found[0])
+
+    assert expiry_ok() == 0
     record.write_text("result=ok\nfinished=1795000000\n")
     assert certbot.run("expiry-check").returncode == 0
+    assert expiry_ok() == 1
     # A certificate certbot does not manage is judged by its dates alone.
     record.write_text("result=failed\nfinished=1795000000\n")
     other = certbot.directory / "other.pem"
@@ -263,11 +271,3 @@ def test_challtestsrv_flags_exist_in_the_installed_binary(tmp_path):
     args = challtestsrv_args(text, dns="127.0.0.1:1", management="127.0.0.1:2")
     assert {a.lstrip("-") for a in args if a.startswith("-")} <= flags(text)
 
-
-def test_pebble_config_sets_lifetimes_for_old_and_new_pebble():
-    config = pebble_config(port=1, management_port=2, certificate=Path("c"), private_key=Path("k"),
-                           http_port=3, validity_seconds=20,
-                           profiles={"classic": 90 * 86400, "shortlived": 576000})["pebble"]
-    assert config["certificateValidityPeriod"] == 20  # pebble <= 2.6
-    assert config["profiles"]["shortlived"]["validityPeriod"] == 576000  # pebble >= 2.7
-    assert set(config["profiles"]) == {"classic", "shortlived"}

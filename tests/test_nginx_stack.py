@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import stat
 import subprocess
 
 from tests.support.processes import ROOT, ManagedProcess, free_port, require_binary, wait_until
+from tests.support.scripts import alive, command_line, descendants
 
 
 def test_stack_serves_https_h2_redirects_http_and_stops_on_ctrl_c(tmp_path):
@@ -24,6 +27,7 @@ def test_stack_serves_https_h2_redirects_http_and_stops_on_ctrl_c(tmp_path):
     log = tmp_path / "stack.log"
     script = ManagedProcess("scripts/stack", log)
     stack = script.spawn([str(ROOT / "scripts" / "stack")], stdout=log, cwd=ROOT, env=env)
+    started: dict[int, list[str]] = {}
     try:
         wait_until(lambda: stack.poll() is None and "==> serving" in log.read_text(), 60,
                    "scripts/stack to serve")
@@ -55,20 +59,36 @@ def test_stack_serves_https_h2_redirects_http_and_stops_on_ctrl_c(tmp_path):
                 if line.startswith("strict-transport-security:")]
         assert hsts == ["strict-transport-security: max-age=0; includesubdomains"], headers.stdout
 
+        # Its children run in sessions of their own (setsid), so not in its
+        # process group: they are found as its descendants.
+        started.update((pid, command_line(pid)) for pid in descendants(stack.pid))
+        commands = " ".join(" ".join(argv) for argv in started.values())
+        for name in ("redis-server", "nginx: master", "gunicorn", "nginx: worker"):
+            assert name in commands, commands
+
         # Ctrl-C reaches the script (its children ignore SIGINT as background jobs).
         stack.send_signal(signal.SIGINT)
         assert stack.wait(30) == 130
-        # Nothing it started is left: its process group is empty.
-        def group_gone():
-            try:
-                os.killpg(stack.pid, 0)
-            except ProcessLookupError:
-                return True
-            return False
-
-        wait_until(group_gone, 15, "the stack's processes to exit")
+        # Nothing it started is left, and nothing listens on its ports any more.
+        wait_until(lambda: not any(alive(pid) for pid in started), 15,
+                   "the stack's processes to exit")
+        for port in (https_port, http_port):
+            assert refuses(port), f"port {port} still accepts connections"
     finally:
         # After a failure: TERM, so its trap stops the children it started in
-        # sessions of their own (SIGKILL would leave them running).
+        # sessions of their own (SIGKILL would leave them running); then
+        # whatever it left behind, so that it does not outlive the test.
         script.stop(30)
+        for pid, argv in started.items():
+            if alive(pid) and command_line(pid) == argv:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
     assert not (state / "stack" / "gunicorn.sock").exists()
+
+
+def refuses(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
