@@ -55,8 +55,11 @@ def test_users_create_asks_twice_and_refuses_bad_or_taken_names(app, runner):
     assert taken.exit_code == 1 and "is taken" in taken.output
     short = runner.invoke(args=["users", "create", new_username(), "--password", "short"])
     assert short.exit_code == 1 and "8 to 256 characters" in short.output
-    differ = runner.invoke(args=["users", "create", new_username()], input="aaaaaaaaa\nbbbbbbbbb\n")
-    assert differ.exit_code != 0
+    other = new_username()
+    differ = runner.invoke(args=["users", "create", other], input="aaaaaaaaa\nbbbbbbbbb\n")
+    assert "The two entered values do not match" in differ.output, differ.output
+    assert app.extensions["accounts"].find(other) is None
+    assert differ.exit_code != 0 and "created" not in differ.output
 
 
 def test_sessions_list_and_end_one_or_all(app, runner):

@@ -24,7 +24,7 @@ def fire(url: str, n: int, timeout: float):
 
 
 def test_one_gevent_worker_overlaps_100_blocking_requests(service):
-    results, elapsed = fire(service.url + "/test/wait", N, timeout=20)
+    results, _ = fire(service.url + "/test/wait", N, timeout=20)
 
     assert len(results) == N
     assert all(r.status_code == 200 for r in results)
@@ -33,8 +33,6 @@ def test_one_gevent_worker_overlaps_100_blocking_requests(service):
     # start started before the first one finished.
     assert max(s["started"] for s in spans) < min(s["finished"] for s in spans)
     assert all(s["finished"] - s["started"] >= 0.45 for s in spans)
-    # Serially this is 100 x 0.5 s = 50 s.
-    assert elapsed < 5, f"100 overlapping 0.5 s requests took {elapsed:.1f}s"
 
 
 def test_one_sync_worker_serialises_the_same_requests(redis_server, make_gunicorn):
@@ -44,8 +42,10 @@ def test_one_sync_worker_serialises_the_same_requests(redis_server, make_gunicor
 
     results, elapsed = fire(server.url + "/test/wait", N, timeout=4)
 
-    # In 4 s a serial worker finishes about 8 of the 0.5 s requests, never all.
-    assert len(results) < 12, f"{len(results)} finished in {elapsed:.1f}s"
+    # In 4 s a serial worker finishes about 8 of the 0.5 s requests, never all;
+    # at least 3, so that their order below is checked.
+    assert 3 <= len(results) < 12, f"{len(results)} finished in {elapsed:.1f}s"
+    assert all(r.status_code == 200 for r in results), [r.status_code for r in results]
     spans = sorted((r.json() for r in results), key=lambda s: s["started"])
     for earlier, later in pairwise(spans):
         assert later["started"] >= earlier["finished"] - 0.01

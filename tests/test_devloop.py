@@ -132,8 +132,18 @@ def test_an_edited_view_and_create_app_are_served_within_3_s(run_in_copy):
 
 def test_nothing_watches_the_files_in_production(run_in_copy):
     run = run_in_copy(APP_ENV="production")
-    assert len(descendants(run.process.pid)) >= 3  # redis-server, gunicorn master, a worker
+    processes = descendants(run.process.pid)
+    assert len(processes) >= 3  # redis-server, gunicorn master, a worker
     assert watchers(run) == []
+    before = requests.get(run.url + "/healthz", timeout=5).json()
+    # An edit that development would serve within SERVED_WITHIN: here the
+    # same workers keep serving the code they loaded.
+    edit(run.repo / "service" / "health" / "__init__.py",
+         'return {"status": "ok"}', 'return {"status": "ok", "edited": "view"}')
+    time.sleep(2 * SERVED_WITHIN / 3)
+    for _ in range(5):
+        assert requests.get(run.url + "/healthz", timeout=5).json() == before
+    assert descendants(run.process.pid) == processes  # no worker replaced
     assert "reload" not in run.log()
 
 
@@ -155,6 +165,8 @@ def test_scripts_run_and_stack_share_one_redis_and_its_data(tmp_path):
     run = RunCommand(repo, tmp_path / "run.log").start()
     stack = StackCommand(repo, tmp_path / "stack.log")
     try:
+        # The first one starts the Redis: it does not share one.
+        assert "==> private Redis at unix://" in run.log() and "sharing" not in run.log()
         assert client(run).register(first, PASSWORD).status_code == 201
         # Both at once: the stack shares the Redis scripts/run started.
         stack.start()
@@ -172,7 +184,7 @@ def test_scripts_run_and_stack_share_one_redis_and_its_data(tmp_path):
     stack = StackCommand(repo, tmp_path / "stack-again.log")
     try:
         stack.start()
-        assert "private Redis at unix://" in stack.log()
+        assert "==> private Redis at unix://" in stack.log() and "sharing" not in stack.log()
         for name in (first, second):
             assert client(stack).login(name, PASSWORD).status_code == 200
     finally:

@@ -4,8 +4,10 @@ gunicorn's own parser and a real socket pair."""
 
 import socket
 import time
+from types import SimpleNamespace
 
 import pytest
+from gunicorn import util
 from gunicorn.config import Config
 from gunicorn.http import wsgi
 from gunicorn.http.parser import RequestParser
@@ -78,10 +80,24 @@ def test_a_response_without_body_bytes_still_sends_its_headers():
     assert b"hello" not in received
 
 
-def test_the_date_header_is_formatted_once_a_second_and_stays_right():
+def test_the_date_header_is_formatted_once_a_second_and_stays_right(monkeypatch):
     from email.utils import parsedate_to_datetime
 
     first = gunicorn_response.http_date()
-    assert gunicorn_response.http_date() is first
     assert gunicorn_response.http_date(0) == "Thu, 01 Jan 1970 00:00:00 GMT"
     assert abs(parsedate_to_datetime(first).timestamp() - time.time()) < 2
+
+    # The module's clock, moved by hand across a second; gunicorn's own
+    # formatting (not replaced in this process: install() runs in workers).
+    assert util.http_date is not gunicorn_response.http_date
+    now = [1_700_000_000.2]
+    monkeypatch.setattr(gunicorn_response, "time", SimpleNamespace(time=lambda: now[0]))
+    first = gunicorn_response.http_date()
+    assert first == util.http_date(1_700_000_000)
+    now[0] = 1_700_000_000.9
+    assert gunicorn_response.http_date() is first  # the same second: not formatted again
+    now[0] = 1_700_000_001.0
+    second = gunicorn_response.http_date()
+    assert second != first and second == util.http_date(1_700_000_001)
+    now[0] = 1_700_003_601.5  # an hour later
+    assert gunicorn_response.http_date() == util.http_date(1_700_003_601)

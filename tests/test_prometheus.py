@@ -15,11 +15,10 @@ from tests.support.processes import (
     ManagedProcess,
     base_env,
     free_port,
-    group_gone,
     require_binary,
     wait_until,
 )
-from tests.support.scripts import StackCommand
+from tests.support.scripts import StackCommand, alive, command_line, descendants
 
 RULES = ROOT / "deploy" / "prometheus"
 
@@ -142,9 +141,10 @@ def test_a_real_prometheus_sees_requests_latency_and_the_redis_pool(
                        '{route="/test/wait",le="1.0"})') == 0
     assert prom.scalar('sum(service_http_request_duration_seconds_bucket'
                        '{route="/test/wait",le="2.5"})') == 5
-    p50 = prom.scalar('histogram_quantile(0.5, sum by (le) '
-                      '(service_http_request_duration_seconds_bucket{route="/test/client"}))')
-    assert 0 < p50 <= 0.25, p50
+    # Every one of the 20 /test/client requests is in the histogram (how fast
+    # they were is bench/'s business, not a test's).
+    assert prom.scalar('sum(service_http_request_duration_seconds_bucket'
+                       '{route="/test/client",le="+Inf"})') == 20
     # The pool: per worker, 50 connections at most; five were in use at once.
     assert prom.scalar('sum(service_redis_pool_max_connections{pool="main"})') == 100
     peak = prom.scalar('max_over_time(sum(service_redis_pool_connections_in_use'
@@ -156,9 +156,16 @@ def test_a_real_prometheus_sees_requests_latency_and_the_redis_pool(
     wait_until(lambda: prom.scalar('sum(service_redis_pool_connections_in_use{pool="main"})') == 0,
                10, "the connections back in the pool")
     # The alert rules evaluate against these real series without errors.
-    groups = requests.get(prom.url + "/api/v1/rules", timeout=5).json()["data"]["groups"]
-    rules = [rule for group in groups for rule in group["rules"]]
-    assert len(rules) == 11 and all(rule["health"] in ("ok", "unknown") for rule in rules), rules
+    # Prometheus evaluates them every second (evaluation_interval above) and
+    # has run for seconds since the first scrape: every rule was evaluated.
+    def rules():
+        groups = requests.get(prom.url + "/api/v1/rules", timeout=5).json()["data"]["groups"]
+        return [rule for group in groups for rule in group["rules"]]
+
+    wait_until(lambda: all(rule["health"] != "unknown" for rule in rules()), 5,
+               "every rule evaluated")
+    rules = rules()
+    assert len(rules) == 11 and all(rule["health"] == "ok" for rule in rules), rules
     assert {rule["name"] for rule in rules if rule["state"] != "inactive"} == set()
 
 
@@ -185,10 +192,15 @@ def test_scripts_stack_starts_prometheus_on_request(tmp_path):
             return values and float(values[0]["value"][1]) >= 3
 
         wait_until(healthz_count, 30, "Prometheus to see the requests through nginx")
+        # Its children run in sessions of their own (scripts/lib.sh spawn):
+        # follow the processes, not the script's process group.
+        started = descendants(stack.pid)
+        assert any("prometheus" in command_line(pid)[0] for pid in started
+                   if command_line(pid)), started
         stack.send_signal(signal.SIGINT)
         assert stack.wait(30) == 130
 
-        wait_until(lambda: group_gone(stack.pid), 15,
+        wait_until(lambda: not any(alive(pid) for pid in started), 15,
                    "the stack's processes (Prometheus, the exporter) to exit")
     finally:
         script.stop(30)

@@ -276,12 +276,19 @@ def test_keepalive_max_age_0_keeps_connections(redis_server, make_gunicorn):
     server = make_gunicorn(base_env(redis_server.url, KEEPALIVE_MAX_AGE=0)).start()
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
     try:
-        for _ in range(2):
+        # At 0, 2.6 and 5.2 s: past the age the default (5 s) would draw
+        # (2.5-5 s), one connection throughout.
+        client_port = None
+        for i in range(3):
+            if i:
+                time.sleep(2.6)
             conn.request("GET", "/healthz")
             response = conn.getresponse()
             response.read()
-            assert response.getheader("Connection") != "close"
-            time.sleep(1.1)
+            assert response.status == 200
+            assert response.getheader("Connection") != "close", f"closed at request {i + 1}"
+            client_port = client_port or conn.sock.getsockname()[1]
+            assert conn.sock.getsockname()[1] == client_port
     finally:
         conn.close()
 

@@ -57,7 +57,15 @@ def test_workers_boot_without_asking_for_psutil(redis_server, make_gunicorn):
         stderr = server.stderr()
         return stderr if stderr.count("Worker accepting") == 2 else None
 
-    stderr = wait_until(both_accepting, 10, "both workers accepting")
+    wait_until(both_accepting, 10, "both workers accepting")
+    # The watchdog runs (its monitor thread started and reports a block)...
+    burned = requests.get(server.url + "/test/burn?seconds=1", timeout=10)
+    assert burned.status_code == 200
+    request_id = burned.headers["X-Request-ID"]
+    wait_until(lambda: [e for e in watchdog_lines(server) if e.get("request_id") == request_id],
+               5, "the watchdog's line")
+    # ...and gevent's memory monitor did not ask for psutil.
+    stderr = server.stderr()
     assert "MonitorWarning" not in stderr and "psutil" not in stderr, stderr
 
 

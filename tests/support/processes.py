@@ -54,15 +54,6 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
 
 
-def group_gone(pgid: int) -> bool:
-    """No process is left in the process group pgid."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
 def read_log(path: Path) -> str:
     """The text of a log file so far ("" before the process has written it)."""
     return path.read_text(errors="replace") if path.exists() else ""
