@@ -168,12 +168,13 @@ def test_after_kill_9_the_other_worker_waits_for_the_replacement(redis_server, m
     assert len(load.failures) <= 4 * len(killed), load.failures[:5]
 
 
-@pytest.mark.parametrize("interruption", ["SIGKILL", "SIGHUP"])
+@pytest.mark.parametrize("interruption", ["SIGKILL", "SIGHUP", "SIGTTOU"])
 def test_a_recycle_interrupted_leaves_the_configured_worker_count(
         redis_server, make_gunicorn, interruption):
     """The recycling worker killed while its replacement boots (the extra
-    worker is its replacement), or a reload meanwhile (the count is reset):
-    either way the master ends with WORKERS workers, never one more or less."""
+    worker is its replacement), a reload meanwhile, or an operator's SIGTTOU
+    (the count is reset): either way the master ends with WORKERS workers,
+    never one more or less."""
     server = recycling_server(redis_server, make_gunicorn, MAX_REQUESTS=30)
     master = server.process.pid
     for _ in range(3):
@@ -187,7 +188,7 @@ def test_a_recycle_interrupted_leaves_the_configured_worker_count(
         if interruption == "SIGKILL":
             os.kill(int(asking), signal.SIGKILL)
         else:
-            server.process.send_signal(signal.SIGHUP)
+            server.process.send_signal(getattr(signal, interruption))
         # Settled: no recycle is due (no load now), the count is what it is.
         time.sleep(3)
         workers = workers_of(master)
