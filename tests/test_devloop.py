@@ -167,6 +167,9 @@ def test_scripts_run_and_stack_share_one_redis_and_its_data(tmp_path):
     try:
         # The first one starts the Redis: it does not share one.
         assert "==> private Redis at unix://" in run.log() and "sharing" not in run.log()
+        # .env is written the first time only: later starts keep its SECRET_KEY.
+        assert "with a new SECRET_KEY" in run.log()
+        dotenv = (repo / ".env").read_bytes()
         assert client(run).register(first, PASSWORD).status_code == 201
         # Both at once: the stack shares the Redis scripts/run started.
         stack.start()
@@ -191,3 +194,6 @@ def test_scripts_run_and_stack_share_one_redis_and_its_data(tmp_path):
         stack.stop()
         for each in clients:
             each.close()
+    assert (repo / ".env").read_bytes() == dotenv
+    for log in ("stack.log", "stack-again.log"):
+        assert "new SECRET_KEY" not in (tmp_path / log).read_text()
