@@ -127,7 +127,9 @@ def list_sessions(username: str) -> None:
 @click.option("--all", "end_all", is_flag=True, help="End every session of the user.")
 def end_sessions(username: str, handle: str | None, end_all: bool) -> None:
     """End USERNAME's session HANDLE (from `sessions list`), or --all of them.
-    The browser holding it is logged out on its next request."""
+    The browser holding it is logged out on its next request. (Handles are
+    hex; one of a session made before that may start with '-': put -- before
+    it.)"""
     from .accounts import end_sessions as end
 
     if bool(handle) == end_all:

@@ -5,6 +5,7 @@ in a fresh copy of the repository after scripts/run, with nothing exported."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -157,6 +158,7 @@ def test_flask_cli_in_a_fresh_copy_after_scripts_run(tmp_path):
         listed = flask(repo, "sessions", "list", name)
         assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 2
         handle = listed.stdout.split("\t", 1)[0]
+        assert re.fullmatch(r"[0-9a-f]{24}", handle), handle  # never read as an option
         ended = flask(repo, "sessions", "end", name, handle)
         assert ended.returncode == 0 and "ended 1 session" in ended.stdout
         assert sorted(b.get("/api/me").status_code for b in browsers) == [200, 401]

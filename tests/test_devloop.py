@@ -6,6 +6,7 @@ scripts/stack share one Redis and its data."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -132,6 +133,15 @@ def test_an_edited_view_and_create_app_are_served_within_3_s(run_in_copy):
 
 def test_nothing_watches_the_files_in_production(run_in_copy):
     run = run_in_copy(APP_ENV="production")
+
+    def booting():
+        """Workers that booted but do not accept yet (they import the app now)."""
+        log = run.log()
+        return [pid for pid in re.findall(r"Booting worker with pid: (\d+)", log)
+                if f"Worker accepting (pid:{pid})" not in log]
+
+    # Every worker has loaded the app: one still importing would load the edit.
+    wait_until(lambda: not booting(), 20, "every worker to accept")
     processes = descendants(run.process.pid)
     assert len(processes) >= 3  # redis-server, gunicorn master, a worker
     assert watchers(run) == []

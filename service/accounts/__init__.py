@@ -107,7 +107,9 @@ def start_session(user: User) -> None:
     require_replicated()
     _sessions().regenerate(session)
     session.clear()
-    handle = secrets.token_urlsafe(12)
+    # Hex: a handle is typed on command lines (flask sessions end USER HANDLE),
+    # where one starting with '-' (1 in 64 of token_urlsafe's) reads as an option.
+    handle = secrets.token_hex(12)
     session.update(
         uid=user.uid,
         epoch=user.epoch,  # as read before the password was checked
