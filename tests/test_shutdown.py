@@ -8,7 +8,9 @@ import time
 
 import requests
 
-from tests.support.processes import base_env
+from tests.support.processes import base_env, wait_until
+
+RELOADS = 5
 
 
 def test_term_finishes_in_flight_requests_and_closes_idle_connections(redis_server,
@@ -63,12 +65,18 @@ def test_hup_reload_replaces_workers_without_failing_requests(redis_server, make
     for t in threads:
         t.start()
     time.sleep(0.5)
-    server.reload()
-    time.sleep(1)
+    # The race (a request sent on a keep-alive connection just as its worker
+    # stops) is run several times: reloads 1.5 s apart, each under the load.
+    for _ in range(RELOADS):
+        server.reload()
+        time.sleep(1.5)
     done.set()
     for t in threads:
         t.join(10)
     assert failures == []
-    print(f"\n{len(answered)} requests across the reload")
-    assert len(answered) > 100  # the load really ran across the reload
+    print(f"\n{len(answered)} requests across {RELOADS} reloads")
+    assert len(answered) > 100 * RELOADS  # the load really ran across the reloads
     assert server.process.poll() is None
+    # Each reload really replaced both workers.
+    wait_until(lambda: server.stderr().count("Booting worker") == 2 * (1 + RELOADS), 20,
+               "two new workers per reload")
