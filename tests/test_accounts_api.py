@@ -21,6 +21,11 @@ def test_register_then_taken_name_is_409(api):
     again = api().register(name.upper(), PASSWORD)  # names are case-folded
     assert again.status_code == 409
     assert again.json()["error"] == "username_taken"
+    # ... and NFKC-normalised: the full-width look-alike is the same name.
+    lookalike = "".join(chr(ord(c) + 0xFEE0) for c in name)  # "ｕｓｅｒ－..."
+    assert lookalike != name
+    assert api().register(lookalike, PASSWORD).status_code == 409
+    assert api().login(lookalike, PASSWORD).status_code == 200
 
 
 def test_passwords_are_stored_as_argon2id_with_owasps_parameters(api, redis_server):
