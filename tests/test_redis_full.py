@@ -64,6 +64,7 @@ def test_a_full_redis_still_serves_reads_and_refuses_writes_as_full(stack):
     assert newcomer.login("newcomer", PASSWORD).status_code == 200
     log = server.stdout()
     assert "Redis is full" in log and "Redis unavailable" not in log
+    assert "Redis is full, session not touched" in log  # the skipped idle renewal
     assert "Traceback" not in log
 
 

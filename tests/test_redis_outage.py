@@ -49,6 +49,7 @@ def test_redis_outage_gives_503_and_recovers(outage):
         assert elapsed < 1.0, f"{path} took {elapsed:.2f}s"
         assert "Traceback" not in r.text
         assert "Set-Cookie" not in r.headers
+        assert r.headers["X-Request-ID"] in r.text  # a user's report leads to the log
     api = requests.get(url + "/test/session", cookies=cookies, timeout=5,
                        headers={"Accept": "application/json"})
     assert api.json()["error"] == "store_unavailable"
