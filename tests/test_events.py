@@ -225,6 +225,29 @@ def test_other_sessions_survive_a_revocation(two_workers, clients):
     kept.close()
 
 
+def test_a_session_that_ended_while_no_worker_listened_is_noticed_on_resubscription(
+        two_workers, redis_server, clients):
+    """An event published while a worker's subscription was down is lost to
+    it; after every (re)subscription each socket re-checks its session."""
+    for _ in range(3):  # several rounds: the resubscription races the checks
+        (victim,) = user_sessions(two_workers, 1)
+        clients.append(victim)
+        ws = connect(two_workers, victim)
+        time.sleep(0.1)  # past the socket's first session check
+        with redis_server.client() as db:
+            # The record goes with no event at all (as if its logout's event
+            # was published while nobody was subscribed) ...
+            assert db.delete(f"session:{victim.sid}") == 1
+            # ... so the socket stays open (the control) ...
+            with pytest.raises(websocket.WebSocketTimeoutException):
+                next_message(ws, timeout=1.0)
+            # ... until the subscriptions are lost and come back.
+            assert db.client_kill_filter(_type="pubsub") >= 1  # (the hub starts with a socket)
+        messages, code, _ = read_until_closed(ws, timeout=10)
+        assert messages == [{"type": "session_ended", "reason": "expired"}]
+        assert code == SESSION_ENDED
+
+
 # -- across workers ----------------------------------------------------------------------
 
 
