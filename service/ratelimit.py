@@ -7,10 +7,10 @@
   (account named in the request, client address) (LOGIN_FAILURE_LIMIT).
   Keying on the pair means an attacker failing logins for a victim's account
   from elsewhere exhausts only their own budget: the victim, from their own
-  address, can still log in.
+  address, can still log in. The API's and the form's login share it.
 * ``failures_per_user``: the same for the logged-in user's own password
-  checks (password change, account deletion), keyed on the session's user,
-  never on anything in the request body.
+  checks (password change, account deletion, API and forms: one budget),
+  keyed on the session's user, never on anything in the request body.
 * ``anonymous_session_per_ip``: new session records of visitors who are
   not logged in, per client address (ANONYMOUS_SESSION_LIMIT), checked by the
   session layer itself (``before_anonymous_record``) when such a record is
@@ -31,7 +31,7 @@ from flask_limiter.util import get_remote_address
 from limits import parse_many
 from werkzeug.exceptions import TooManyRequests
 
-from .accounts.store import normalize_username
+from .accounts.store import USERNAME_PATTERN, normalize_username
 from .extensions import limiter
 
 # Only attempts count: showing a login form (GET) does not.
@@ -45,7 +45,12 @@ def _settings():
 def _named_account_and_address() -> str:
     body = request.get_json(silent=True) if request.is_json else request.form
     username = body.get("username") if hasattr(body, "get") else None
-    return f"{normalize_username(username)}|{get_remote_address()}"
+    name = normalize_username(username)
+    # The key holds only a name an account can have: a megabyte of name (more
+    # after NFKC) would otherwise be a Redis key of that size per attempt.
+    if not USERNAME_PATTERN.fullmatch(name):
+        name = ""
+    return f"{name}|{get_remote_address()}"
 
 
 def _user_and_address() -> str:
@@ -59,14 +64,18 @@ def _failed(response) -> bool:
 auth_per_ip = limiter.shared_limit(
     lambda: _settings().auth_rate_limit, scope="auth-per-ip", methods=ATTEMPTS
 )
-failures_per_account = limiter.limit(
+# Shared, not per route: the API's and the form's login count against one
+# budget, and so do every route that checks a logged-in user's password.
+failures_per_account = limiter.shared_limit(
     lambda: _settings().login_failure_limit,
+    scope="login-failures",
     key_func=_named_account_and_address,
     deduct_when=_failed,
     methods=ATTEMPTS,
 )
-failures_per_user = limiter.limit(
+failures_per_user = limiter.shared_limit(
     lambda: _settings().login_failure_limit,
+    scope="password-failures",
     key_func=_user_and_address,
     deduct_when=_failed,
     methods=ATTEMPTS,

@@ -2,6 +2,7 @@
 Retry-After, per client address and per account+address, so an attacker
 cannot lock a victim out."""
 
+import re
 from itertools import pairwise
 
 import pytest
@@ -118,3 +119,30 @@ def test_password_changes_count_against_the_address_budget(limited):
     over = owner.post("/api/auth/password", {"current_password": PASSWORD,
                                              "new_password": "second good one"})
     assert over.status_code == 429 and over.json()["error"] == "rate_limited"
+
+
+def test_the_api_and_the_form_login_share_one_failure_budget(limited):
+    client_from, _ = limited
+    name = new_username("shared")
+    assert client_from("198.51.100.70").register(name, PASSWORD).status_code == 201
+    attacker = client_from("203.0.113.70")
+    assert [attacker.login(name, f"guess {i}").status_code for i in range(3)] == [401] * 3
+    # The same account from the same address through the login form: no
+    # fresh budget there.
+    page = attacker.http.get(attacker.base + "/login", timeout=10)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page.text)[1]
+    form = attacker.http.post(attacker.base + "/login", timeout=10,
+                              data={"csrf_token": token, "username": name, "password": "guess 4"})
+    assert form.status_code == 429
+
+
+def test_a_huge_username_makes_no_huge_limiter_key(limited):
+    client_from, redis_server = limited
+    attacker = client_from("203.0.113.71")
+    # 900 kB of JSON (each U+FDFA escaped in 6 bytes), just under the body
+    # limit; NFKC turns each into 18 characters: 2.7 million.
+    huge = attacker.login("\ufdfa" * 150_000, "x")
+    assert huge.status_code in (401, 422), huge.status_code
+    with redis_server.client() as db:
+        longest = max(len(key) for key in db.scan_iter("LIMITS*", count=1000))
+    assert longest < 200, longest
