@@ -1,8 +1,11 @@
 """Every API route with its success and error statuses, against real
 gunicorn (gevent) and Redis."""
 
+import threading
+
 import pytest
 
+from service.accounts import AccountGone, AccountStore
 from tests.support.api import PASSWORD, new_username
 
 
@@ -178,3 +181,61 @@ def test_sessions_routes_need_login(api):
     assert client.delete("/api/sessions/abc").status_code == 401
     assert client.post("/api/auth/password", {}).status_code == 401
     assert client.delete("/api/account", {}).status_code == 401
+
+
+def test_a_password_change_racing_the_accounts_deletion_leaves_nothing_behind(
+        api, redis_server):
+    """Two tabs of one user: one changes the password while the other deletes
+    the account. The change's write comes last (it hashes twice): it must
+    not recreate a record of the deleted account."""
+    for _ in range(5):  # a race: several rounds
+        change_while_deleting(api, redis_server)
+
+
+def change_while_deleting(api, redis_server):
+    name = new_username("race")
+    changer, deleter = api(), api()
+    assert changer.register(name, PASSWORD).status_code == 201
+    for tab in (changer, deleter):
+        assert tab.login(name, PASSWORD).status_code == 200
+        tab.fetch_csrf()
+    with redis_server.client() as db:
+        uid = db.get(f"username:{name}").decode()
+    results = {}
+
+    def change():
+        results["change"] = changer.post("/api/auth/password", {
+            "current_password": PASSWORD, "new_password": "another good one"}).status_code
+
+    def delete():
+        results["delete"] = deleter.delete("/api/account", {"password": PASSWORD}).status_code
+
+    threads = [threading.Thread(target=change), threading.Thread(target=delete)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(15)
+    assert results["delete"] == 204
+    assert results["change"] in (204, 401), results
+    with redis_server.client() as db:
+        assert not db.exists(f"user:{uid}"), db.hgetall(f"user:{uid}")
+        assert not db.exists(f"username:{name}")
+    assert changer.get("/api/me").status_code == 401
+    assert api().login(name, "another good one").status_code == 401
+
+
+def test_the_store_never_writes_a_password_for_a_deleted_account(redis_server):
+    with redis_server.client() as db:
+        store = AccountStore(db)
+        user = store.create(new_username("gone"), "$argon2id$old")
+        assert store.set_password(user.uid, "$argon2id$new") == 1  # the control
+        store.delete(user)
+        with pytest.raises(AccountGone):
+            store.set_password(user.uid, "$argon2id$newer")
+        assert not db.exists(f"user:{user.uid}")
+        # What the race left before the check existed reads as no account.
+        db.hset(f"user:{user.uid}", mapping={"password": "$argon2id$x", "epoch": 1})
+        try:
+            assert store.get(user.uid) is None
+        finally:
+            db.delete(f"user:{user.uid}")

@@ -20,6 +20,7 @@ from ..events import publish
 from ..replication import require_replicated
 from .passwords import hash_password, verify_password
 from .store import (
+    AccountGone,
     AccountStore,
     User,
     UsernameTaken,
@@ -31,7 +32,7 @@ from .store import (
 )
 
 __all__ = [
-    "AccountStore", "User", "UsernameTaken", "ValidationFailed", "WrongPassword",
+    "AccountGone", "AccountStore", "User", "UsernameTaken", "ValidationFailed", "WrongPassword",
     "authenticate", "change_password", "current_user", "delete_account", "describe_sessions",
     "end_session", "end_sessions", "list_sessions", "register", "revoke_other_sessions",
     "revoke_session", "start_session",
@@ -209,7 +210,14 @@ def change_password(user: User, current_password, new_password) -> None:
         raise ValidationFailed(problems)
     if not verify_password(user.password_hash, current_password):
         raise WrongPassword("current password is wrong")
-    session["epoch"] = accounts().set_password(user.uid, hash_password(new_password))
+    try:
+        session["epoch"] = accounts().set_password(user.uid, hash_password(new_password))
+    except AccountGone:
+        # Deleted (another tab) while the new hash was computed: so is this
+        # session; the caller answers as to anyone not logged in.
+        _sessions().end(session)
+        g.user = None
+        raise
     revoke_other_sessions(user, reason="password")
     # A new id for this session too; its CSRF secret carries over, so the
     # client's token keeps working (the API answers 204 with no new token),

@@ -37,6 +37,10 @@ class WrongPassword(Exception):
     """The password given to confirm a change is not the account's."""
 
 
+class AccountGone(Exception):
+    """The account was deleted while a change to it was under way."""
+
+
 @dataclass(frozen=True)
 class User:
     uid: str
@@ -91,10 +95,22 @@ return 1
 """
 
 
+# KEYS[1]: user:<uid>. ARGV[1]: the new hash. Only while the account exists:
+# a deletion that lands first (another tab) is never undone by this write.
+SET_PASSWORD_SCRIPT = """
+if redis.call('HEXISTS', KEYS[1], 'username') == 0 then
+  return false
+end
+redis.call('HSET', KEYS[1], 'password', ARGV[1])
+return redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+"""
+
+
 class AccountStore:
     def __init__(self, client: Redis):
         self.redis = client
         self._create = client.register_script(CREATE_SCRIPT)
+        self._set_password = client.register_script(SET_PASSWORD_SCRIPT)
 
     # -- accounts --------------------------------------------------------
     def create(self, username: str, password_hash: str) -> User:
@@ -117,7 +133,9 @@ class AccountStore:
         if not uid:
             return None
         raw = self.redis.hgetall(f"user:{uid}")
-        if not raw:
+        if b"username" not in raw:
+            # None, or what a password change racing a deletion left before
+            # set_password checked that the account exists: no account.
             return None
         data = {k.decode(): v.decode() for k, v in raw.items()}
         return User(uid, data["username"], data["password"], int(data["created"]),
@@ -128,11 +146,12 @@ class AccountStore:
         return self.get(uid.decode()) if uid else None
 
     def set_password(self, uid: str, password_hash: str) -> int:
-        """Store a new password hash; returns the new credential epoch."""
-        with self.redis.pipeline() as pipe:  # MULTI: both or neither
-            pipe.hset(f"user:{uid}", "password", password_hash)
-            pipe.hincrby(f"user:{uid}", "epoch", 1)
-            return pipe.execute()[1]
+        """Store a new password hash; returns the new credential epoch.
+        AccountGone if the account no longer exists (nothing is written)."""
+        epoch = self._set_password(keys=[f"user:{uid}"], args=[password_hash])
+        if epoch is None:
+            raise AccountGone(uid)
+        return epoch
 
     def delete(self, user: User) -> None:
         self.redis.delete(f"user:{user.uid}", f"username:{user.username}")

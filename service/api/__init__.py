@@ -86,6 +86,8 @@ def change_password(user):
         return api_error(422, "validation_failed", "Some fields are not valid.", fields=exc.fields)
     except WrongPassword:
         return api_error(401, "invalid_credentials", "The current password is wrong.")
+    except accounts.AccountGone:
+        return not_logged_in()
     return "", 204
 
 

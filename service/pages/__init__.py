@@ -143,6 +143,8 @@ def change_password(user):
         except WrongPassword:
             form.current_password.errors.append("The current password is wrong.")
             status = 401
+        except accounts.AccountGone:
+            return to_login()
         else:
             flash("Password changed. Every other session was logged out.")
             return redirect(url_for("pages.account"))
