@@ -239,3 +239,21 @@ def test_the_store_never_writes_a_password_for_a_deleted_account(redis_server):
             assert store.get(user.uid) is None
         finally:
             db.delete(f"user:{user.uid}")
+
+
+def test_pruning_the_session_index_never_drops_a_session_moved_meanwhile(redis_server):
+    """session_ids() saw a handle's id dead; before it pruned, a rotation moved
+    that session to a new id and indexed it: the entry stays."""
+    with redis_server.client() as db:
+        store = AccountStore(db)
+        uid = f"test-{new_username()}"
+        old, new, gone = "o" * 43, "n" * 43, "g" * 43
+        db.set(f"session:{new}", "x", ex=60)
+        try:
+            db.hset(store.index_key(uid), mapping={"moved": new, "ended": gone})
+            # The stale view: both handles with ids that no longer exist.
+            assert store.prune(uid, {"moved": old, "ended": gone}) == 1
+            assert db.hgetall(store.index_key(uid)) == {b"moved": new.encode()}
+            assert store.session_ids(uid) == {"moved": new}
+        finally:
+            db.delete(store.index_key(uid), f"session:{new}")

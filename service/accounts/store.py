@@ -106,11 +106,29 @@ return redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 """
 
 
+# KEYS[1]: user:<uid>:sessions, then the session key of each pair; ARGV:
+# handle, session id pairs seen dead. An entry goes only if it still names
+# that id and that record is still gone: a rotation that moved the session to
+# a new id (and re-indexed it) meanwhile keeps its entry.
+PRUNE_SCRIPT = """
+local removed = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1]
+      and redis.call('EXISTS', KEYS[(i + 1) / 2 + 1]) == 0 then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
+
 class AccountStore:
     def __init__(self, client: Redis):
         self.redis = client
         self._create = client.register_script(CREATE_SCRIPT)
         self._set_password = client.register_script(SET_PASSWORD_SCRIPT)
+        self._prune = client.register_script(PRUNE_SCRIPT)
 
     # -- accounts --------------------------------------------------------
     def create(self, username: str, password_hash: str) -> User:
@@ -180,10 +198,16 @@ class AccountStore:
             for sid in entries.values():
                 pipe.exists(f"session:{sid}")
             alive = pipe.execute()
-        dead = [h for (h, _), ok in zip(entries.items(), alive) if not ok]
+        dead = {h: s for (h, s), ok in zip(entries.items(), alive) if not ok}
         if dead:
-            self.redis.hdel(self.index_key(uid), *dead)
+            self.prune(uid, dead)
         return {h: s for h, s in entries.items() if h not in dead}
+
+    def prune(self, uid: str, dead: dict[str, str]) -> int:
+        """Remove index entries seen dead (handle -> session id), each only if
+        it still names that id and its record is still gone."""
+        keys = [self.index_key(uid), *(f"session:{sid}" for sid in dead.values())]
+        return self._prune(keys=keys, args=[x for pair in dead.items() for x in pair])
 
     def prune_session_indexes(self) -> int:
         """Prune every user's index (``flask sessions purge-index``): entries
