@@ -55,6 +55,18 @@ class StoreUnavailable(ServiceUnavailable):
     )
 
 
+class StoreNotConfirmed(ServiceUnavailable):
+    """REDIS_WAIT_REPLICAS: the write happened on the primary, but too few
+    replicas confirmed it in time (service/replication.py)."""
+
+    error_code = "store_unavailable"
+    description = (
+        "The change was made, but no replica of the data store confirmed it in "
+        "time, so a failover now could undo it. Check whether it took effect "
+        "before retrying."
+    )
+
+
 class StoreFull(ServiceUnavailable):
     error_code = "store_full"
     description = (
@@ -156,6 +168,11 @@ def handle_redis_error(exc: RedisError):
     if isinstance(exc, OutOfMemoryError):  # maxmemory reached under noeviction
         current_app.logger.warning("Redis is full: %s", exc)
         return error_response(StoreFull(retry_after=RETRY_AFTER_SECONDS))
+    from .replication import NotReplicated
+
+    if isinstance(exc, NotReplicated):
+        current_app.logger.warning("Redis replicas did not confirm a write: %s", exc)
+        return error_response(StoreNotConfirmed(retry_after=RETRY_AFTER_SECONDS))
     current_app.logger.warning("Redis unavailable: %s: %s", type(exc).__name__, exc)
     return error_response(StoreUnavailable(retry_after=RETRY_AFTER_SECONDS))
 

@@ -60,13 +60,21 @@ def _after_request_saved(app: Flask, response, **_extra) -> None:
 def _turn_into_unavailable(response, exc: RedisError) -> None:
     """Make the finished response the store's 503, in place: raising here
     would save the session a second time on Flask's error path. The session
-    cookie goes, so the client keeps what it had and can retry."""
+    cookie goes, so the client keeps what it had and can retry; unless the
+    session moved to a new id (a password change): the id the client holds
+    is gone on the primary then, and without the new one it would be logged
+    out by a change that, most likely, stands."""
+    from flask import session
+
     from .errors import handle_redis_error
 
     unavailable = handle_redis_error(exc)
     response.status_code = unavailable.status_code
     response.set_data(unavailable.get_data())
-    for name in ("Set-Cookie", "Clear-Site-Data", "Location"):  # Location: a form's redirect
+    dropped = ["Clear-Site-Data", "Location"]  # Location: a form's redirect
+    if not getattr(session, "rotated", False):
+        dropped.append("Set-Cookie")
+    for name in dropped:
         response.headers.remove(name)
     for name in ("Content-Type", "Retry-After"):
         response.headers[name] = unavailable.headers[name]
