@@ -7,7 +7,9 @@ pebble harness's version-dependent flags) in process."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -271,3 +273,20 @@ def test_challtestsrv_flags_exist_in_the_installed_binary(tmp_path):
     args = challtestsrv_args(text, dns="127.0.0.1:1", management="127.0.0.1:2")
     assert {a.lstrip("-") for a in args if a.startswith("-")} <= flags(text)
 
+
+
+def test_the_placeholder_certificate_takes_long_host_names(tmp_path):
+    """A common name holds at most 64 characters; the placeholder's used to add
+    41 to the first host name, so any name of 24 or more failed (silently)."""
+    long_name = "service." + "a" * 50 + ".example.com"
+    cert, key = tmp_path / "tls" / "cert.pem", tmp_path / "tls" / "key.pem"
+    done = subprocess.run(
+        [str(LETSENCRYPT / "placeholder-cert"), long_name, "www.example.com"],
+        env={"PATH": os.environ["PATH"], "LETSENCRYPT_ENV_FILE": str(tmp_path / "none.env"),
+             "TLS_CERT": str(cert), "TLS_KEY": str(key)},
+        capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    parsed = x509.load_pem_x509_certificate(cert.read_bytes())
+    names = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == [long_name, "www.example.com"]
+    assert oct(key.stat().st_mode & 0o777) == "0o600"

@@ -92,3 +92,25 @@ def refuses(port: int) -> bool:
     except ConnectionRefusedError:
         return True
     return False
+
+
+def test_the_local_ca_is_made_on_a_host_with_a_long_name(tmp_path):
+    """The CA's common name carries the host name; cut to the 64 characters a
+    common name may hold, or openssl refuses and scripts/stack cannot start."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "hostname").write_text("#!/bin/sh\necho " + "h" * 60 + ".example.internal\n")
+    (fake / "hostname").chmod(0o755)
+    ca_dir, cert, key = tmp_path / "ca", tmp_path / "cert.pem", tmp_path / "key.pem"
+    done = subprocess.run(
+        [str(ROOT / "deploy" / "nginx" / "local-ca"), str(ca_dir), str(cert), str(key),
+         "localhost"],
+        env={"PATH": f"{fake}:{os.environ['PATH']}"}, capture_output=True, text=True,
+        timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    subject = subprocess.run(["openssl", "x509", "-in", str(ca_dir / "ca.crt"), "-noout",
+                              "-subject"], capture_output=True, text=True, check=True).stdout
+    assert "Local development CA hhhh" in subject
+    verified = subprocess.run(["openssl", "verify", "-CAfile", str(ca_dir / "ca.crt"), str(cert)],
+                              capture_output=True, text=True, check=False)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
