@@ -158,6 +158,21 @@ def _list(environ: _Environ, name: str, default: tuple[str, ...]) -> tuple[str, 
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
+def _networks(environ: _Environ, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """Addresses or networks (as gunicorn reads them: no host bits set), or '*'."""
+    items = _list(environ, name, default)
+    for item in items:
+        if item == "*":
+            continue
+        try:
+            ipaddress.ip_network(item)
+        except ValueError as exc:
+            raw = environ.environ.get(name)
+            environ.bad(name, f"{name}={raw!r} holds {item!r}, not an address or network "
+                        f"({exc})", ",".join(default))
+    return items
+
+
 def _choice(environ: _Environ, name: str, default: str, choices, normalize=str) -> str:
     raw = _get(environ, name, default)
     if normalize(raw) not in choices:
@@ -305,7 +320,7 @@ class Settings:
                                                 "30 per minute"),
             allowed_hosts=_list(environ, "ALLOWED_HOSTS", hosts_default),
             proxy_hops=_number(environ, "PROXY_HOPS", 1, minimum=0),
-            forwarded_allow_ips=_list(environ, "FORWARDED_ALLOW_IPS", ("127.0.0.1", "::1")),
+            forwarded_allow_ips=_networks(environ, "FORWARDED_ALLOW_IPS", ("127.0.0.1", "::1")),
             log_format=log_format,
             log_level=log_level,
             # nginx logs every request with the same request id (deploy/nginx):

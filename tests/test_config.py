@@ -158,6 +158,7 @@ BAD_VALUES = [
     ("ACCESS_LOG", "sometimes"),
     ("REDIS_POOL_TIMEOUT", "soon"),
     ("APP_ENV", "staging"),
+    ("FORWARDED_ALLOW_IPS", "10.0.0.5/24"),  # host bits set: gunicorn refuses it
 ]
 
 
