@@ -136,7 +136,9 @@ class RequestLog:
             if not log_line:
                 return
             method = environ.get("REQUEST_METHOD", "-")
-            path = environ.get("PATH_INFO", "") or "/"
+            # PEP 3333: PATH_INFO holds the URL's bytes as latin-1; log the text.
+            path = (environ.get("PATH_INFO", "") or "/").encode("latin-1").decode(
+                "utf-8", "replace")
             remote_addr = environ.get("REMOTE_ADDR") or None
             access_log.info(
                 "%s %s %s %s %.1fms", method, path, status, remote_addr or "-", duration_ms,

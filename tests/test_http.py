@@ -142,3 +142,21 @@ def test_one_json_log_line_per_request_with_its_request_id(service):
     entry = mine[0]
     assert entry["method"] == "GET" and entry["path"] == "/healthz" and entry["status"] == 200
     assert entry["duration_ms"] >= 0 and entry["logger"] == "service.access"
+
+
+def test_the_access_line_logs_the_path_as_text(service):
+    """PATH_INFO carries the URL's bytes as latin-1 (PEP 3333): the line shows
+    the UTF-8 text, and bytes that are no UTF-8 as replacement characters."""
+    ids = {}
+    for path in ("/caf%C3%A9", "/bad%FF"):
+        ids[path] = requests.get(service.url + path, timeout=5).headers["X-Request-ID"]
+
+    def entries():
+        lines = [json.loads(line) for line in service.stdout().splitlines()
+                 if line.startswith("{")]
+        found = {e["request_id"]: e for e in lines if e.get("request_id") in ids.values()}
+        return found if len(found) == len(ids) else None
+
+    found = wait_until(entries, 5, "the access lines")
+    assert found[ids["/caf%C3%A9"]]["path"] == "/café"
+    assert found[ids["/bad%FF"]]["path"] == "/bad\ufffd"
