@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import stat
@@ -23,7 +24,12 @@ def test_stack_serves_https_h2_redirects_http_and_stops_on_ctrl_c(tmp_path):
         "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8",
         "STATE_DIR": str(state), "DOTENV_PATH": str(tmp_path / ".env"),
         "STACK_HTTPS_PORT": str(https_port), "STACK_HTTP_PORT": str(http_port),
+        # The app reads this from the environment; nginx's socket timeout must follow.
+        "EVENTS_PING_INTERVAL": "40",
     }
+    (tmp_path / ".env").write_text(
+        (ROOT / ".env.example").read_text().replace("SECRET_KEY=", "SECRET_KEY=" + secrets.token_urlsafe(48), 1)
+        + "\nEVENTS_MAX_PER_ADDRESS=7\n")
     log = tmp_path / "stack.log"
     script = ManagedProcess("scripts/stack", log)
     stack = script.spawn([str(ROOT / "scripts" / "stack")], stdout=log, cwd=ROOT, env=env)
@@ -58,6 +64,12 @@ def test_stack_serves_https_h2_redirects_http_and_stops_on_ctrl_c(tmp_path):
         hsts = [line for line in headers.stdout.lower().splitlines()
                 if line.startswith("strict-transport-security:")]
         assert hsts == ["strict-transport-security: max-age=0; includesubdomains"], headers.stdout
+
+        # nginx's WebSocket location follows the app's settings: the ping from
+        # the environment, the per-address limit from .env (written above).
+        websocket = (state / "stack" / "nginx" / "conf" / "snippets" / "websocket.conf").read_text()
+        assert "proxy_read_timeout 90s;" in websocket, websocket
+        assert "limit_conn service_events_addr 7;" in websocket, websocket
 
         # Its children run in sessions of their own (setsid), so not in its
         # process group: they are found as its descendants.
