@@ -50,3 +50,18 @@ def test_an_upstream_that_is_neither_a_socket_nor_address_port_is_refused(tmp_pa
     assert result.returncode == 2
     assert "--upstream '10.0.0.11': give unix:/path or a private address:port" in result.stderr
     assert not out.exists()
+
+
+def test_a_path_nginx_cannot_take_bare_is_refused_naming_it(tmp_path):
+    """A checkout or state directory with a space: one clear line instead of
+    a configuration nginx -t rejects as 'invalid number of arguments'."""
+    spaced = tmp_path / "my state"
+    result, _ = render(spaced, "--upstream", f"unix:{spaced}/gunicorn.sock")
+    assert result.returncode == 2
+    assert f"--out '{spaced}/out': nginx paths here may not contain whitespace" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (spaced / "out").exists()
+    # Where only the socket has one: the same line for --upstream.
+    result, _ = render(tmp_path, "--upstream", f"unix:{spaced}/gunicorn.sock")
+    assert result.returncode == 2
+    assert f"--upstream 'unix:{spaced}/gunicorn.sock': nginx paths here" in result.stderr
