@@ -23,6 +23,7 @@ from werkzeug.exceptions import (
 
 from . import metrics
 from .logformat import REQUEST_ID_KEY, ROUTE_KEY
+from .replication import NotReplicated
 
 RETRY_AFTER_SECONDS = 5
 
@@ -168,8 +169,6 @@ def handle_redis_error(exc: RedisError):
     if isinstance(exc, OutOfMemoryError):  # maxmemory reached under noeviction
         current_app.logger.warning("Redis is full: %s", exc)
         return error_response(StoreFull(retry_after=RETRY_AFTER_SECONDS))
-    from .replication import NotReplicated
-
     if isinstance(exc, NotReplicated):
         current_app.logger.warning("Redis replicas did not confirm a write: %s", exc)
         return error_response(StoreNotConfirmed(retry_after=RETRY_AFTER_SECONDS))

@@ -61,9 +61,9 @@ def _turn_into_unavailable(response, exc: RedisError) -> None:
     """Make the finished response the store's 503, in place: raising here
     would save the session a second time on Flask's error path. The session
     cookie goes, so the client keeps what it had and can retry; unless the
-    session moved to a new id (a password change): the id the client holds
-    is gone on the primary then, and without the new one it would be logged
-    out by a change that, most likely, stands."""
+    session moved to a new id whose old one is already gone on the primary (a
+    password change, a login from a stored session): without the new one the
+    client would be logged out by a change that, most likely, stands."""
     from flask import session
 
     from .errors import handle_redis_error
