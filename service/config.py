@@ -12,6 +12,7 @@ the master process before gevent patches anything.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field, replace
@@ -127,7 +128,10 @@ def _bool(environ: _Environ, name: str, default: bool) -> bool:
     return default
 
 
-def _number(environ: _Environ, name: str, default, kind=int, minimum=0):
+INT_MAX = 2**31 - 1
+
+
+def _number(environ: _Environ, name: str, default, kind=int, minimum=0, maximum=INT_MAX):
     raw = _get(environ, name, example=default)
     if raw is None:
         return default
@@ -137,8 +141,14 @@ def _number(environ: _Environ, name: str, default, kind=int, minimum=0):
         what = "whole number" if _is_float(raw) else "number"
         environ.bad(name, f"{name}={raw!r} is not a {what}", default)
         return default
+    if not math.isfinite(value):  # float("inf"), float("nan")
+        environ.bad(name, f"{name}={raw!r} is not a finite number", default)
+        return default
     if value < minimum:
         environ.bad(name, f"{name}={raw!r} must be at least {minimum}", default)
+        return default
+    if kind is int and maximum is not None and value > maximum:  # gunicorn, the kernel: C ints
+        environ.bad(name, f"{name}={raw!r} must be at most {maximum}", default)
         return default
     return value
 
@@ -313,7 +323,8 @@ class Settings:
             session_absolute_timeout=_number(
                 environ, "SESSION_ABSOLUTE_TIMEOUT", 43200, minimum=1
             ),
-            max_content_length=_number(environ, "MAX_CONTENT_LENGTH", 1024 * 1024, minimum=1024),
+            max_content_length=_number(environ, "MAX_CONTENT_LENGTH", 1024 * 1024, minimum=1024,
+                                       maximum=None),
             auth_rate_limit=_rate_limit(environ, "AUTH_RATE_LIMIT", "20 per minute"),
             login_failure_limit=_rate_limit(environ, "LOGIN_FAILURE_LIMIT", "5 per 15 minutes"),
             anonymous_session_limit=_rate_limit(environ, "ANONYMOUS_SESSION_LIMIT",

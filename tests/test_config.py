@@ -159,6 +159,9 @@ BAD_VALUES = [
     ("REDIS_POOL_TIMEOUT", "soon"),
     ("APP_ENV", "staging"),
     ("FORWARDED_ALLOW_IPS", "10.0.0.5/24"),  # host bits set: gunicorn refuses it
+    ("BACKLOG", "99999999999"),  # more than a C int: gunicorn's listen() overflows
+    ("REDIS_SOCKET_TIMEOUT", "inf"),
+    ("BLOCKED_HUB_THRESHOLD", "nan"),
 ]
 
 
