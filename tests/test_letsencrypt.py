@@ -472,3 +472,15 @@ def test_timer_and_cron_run_the_same_renew_command(tmp_path):
     assert f"out=$({renew} 2>&1)" in command
     # The tests above run exactly this file; a cron line must be valid shell.
     assert subprocess.run(["bash", "-n", "-c", command], check=False).returncode == 0
+
+
+def test_install_schedule_refuses_a_path_a_unit_file_cannot_take(tmp_path):
+    """A path with a space would split in ExecStart=, Environment= and the
+    cron line: one line naming it, and nothing written."""
+    spaced = tmp_path / "my dir" / "deploy.env"
+    result = subprocess.run([str(LETSENCRYPT / "install-schedule"), "--dest", str(tmp_path / "out")],
+                            check=False, capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "LETSENCRYPT_ENV_FILE": str(spaced)})
+    assert result.returncode == 2, output(result)
+    assert f"{spaced}: paths here may not contain whitespace" in result.stderr
+    assert not (tmp_path / "out").exists()
