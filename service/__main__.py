@@ -28,7 +28,8 @@ def check(env_file: str | None, quiet: bool = False) -> int:
     settings = Settings.from_env()
     if not quiet:
         print(json.dumps(settings.redacted(), indent=2))
-    problems = list(settings.problems) + redis_memory_problems(settings)
+    problems = (list(settings.problems) + worker_class_problems(settings)
+                + redis_memory_problems(settings))
     if not settings.production:
         problems.insert(
             0, f"APP_ENV={settings.env}: set APP_ENV=production for a production deployment."
@@ -40,6 +41,26 @@ def check(env_file: str | None, quiet: bool = False) -> int:
         return 1
     print("\nProduction-ready.", file=sys.stderr)
     return 0
+
+
+def worker_class_problems(settings: Settings) -> list[str]:
+    """WORKER_CLASS loaded as gunicorn will load it. Here, in a process of its
+    own: the settings reader also runs in gunicorn's master, which must not
+    import anything gevent has to patch first."""
+    if settings.problems:
+        return []
+    from gunicorn.util import load_class
+
+    try:
+        load_class(settings.worker_class, default="gevent", section="gunicorn.workers")
+    except Exception as exc:  # noqa: BLE001 - gunicorn raises RuntimeError with a traceback
+        # gunicorn's message ends with the import's traceback in brackets:
+        # its last line says what failed.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip(" []")]
+        reason = lines[-1] if lines else type(exc).__name__
+        return [(f"WORKER_CLASS={settings.worker_class!r} cannot be loaded ({reason}); "
+                 "e.g. WORKER_CLASS=service.worker.GeventWorker.")]
+    return []
 
 
 # What Redis does when it reaches maxmemory (deploy/README.md, "2. Redis").
@@ -100,9 +121,10 @@ GUNICORN_CONF = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
 def serve(app: str) -> int:
     load_dotenv_file()
     settings = Settings.from_env()
-    if settings.problems:
+    problems = list(settings.problems) + worker_class_problems(settings)
+    if problems:
         print("Not starting:", file=sys.stderr)
-        for problem in settings.problems:
+        for problem in problems:
             print(f"  - {problem}", file=sys.stderr)
         return 1
     sys.stdout.flush()

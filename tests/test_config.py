@@ -116,6 +116,17 @@ def test_check_command_redacts_secrets_and_passes_a_ready_config():
     assert "Production-ready" in result.stderr
 
 
+def test_check_refuses_a_worker_class_gunicorn_cannot_load():
+    result = run_check({**PROD, "WORKER_CLASS": "service.worker.GeventWorkr"})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if "WORKER_CLASS=" in line]
+    assert line.startswith("  - WORKER_CLASS='service.worker.GeventWorkr' cannot be loaded (")
+    assert "GeventWorkr" in line.split("cannot be loaded", 1)[1]  # the reason names it
+    assert line.endswith("; e.g. WORKER_CLASS=service.worker.GeventWorker."), line
+    assert run_check(PROD).returncode == 0  # the default loads (the control)
+
+
 def test_check_command_fails_and_explains_when_not_ready():
     result = run_check({**PROD, "SECRET_KEY": "changeme"})
     assert result.returncode == 1
