@@ -20,7 +20,7 @@ was saved and before the response leaves the worker.
 
 from __future__ import annotations
 
-from flask import Flask, g, request_finished
+from flask import Flask, g, request_finished, session
 from redis.exceptions import RedisError
 
 BARRIER_KEY = "replication:barrier"
@@ -64,8 +64,6 @@ def _turn_into_unavailable(response, exc: RedisError) -> None:
     session moved to a new id whose old one is already gone on the primary (a
     password change, a login from a stored session): without the new one the
     client would be logged out by a change that, most likely, stands."""
-    from flask import session
-
     from .errors import handle_redis_error
 
     unavailable = handle_redis_error(exc)

@@ -6,7 +6,6 @@ scripts/stack share one Redis and its data."""
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 import requests
 
 from tests.support.api import PASSWORD, ApiClient, new_username
-from tests.support.processes import wait_until
+from tests.support.processes import booted_pids, wait_until
 from tests.support.scripts import (
     RunCommand,
     StackCommand,
@@ -137,8 +136,7 @@ def test_nothing_watches_the_files_in_production(run_in_copy):
     def booting():
         """Workers that booted but do not accept yet (they import the app now)."""
         log = run.log()
-        return [pid for pid in re.findall(r"Booting worker with pid: (\d+)", log)
-                if f"Worker accepting (pid:{pid})" not in log]
+        return [pid for pid in booted_pids(log) if f"Worker accepting (pid:{pid})" not in log]
 
     # Every worker has loaded the app: one still importing would load the edit.
     wait_until(lambda: not booting(), 20, "every worker to accept")

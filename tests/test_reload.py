@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -18,7 +17,7 @@ import pytest
 import requests
 
 from tests.support.load import KeepAliveLoad
-from tests.support.processes import ROOT, base_env, wait_until
+from tests.support.processes import ROOT, base_env, booted_pids, wait_until
 
 HOST = "app.test"
 COPIED = ("service", "wsgi.py", "gunicorn.conf.py")
@@ -88,10 +87,6 @@ def direct_get(socket_path, path):
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     headers = dict(line.split(": ", 1) for line in header_lines)
     return int(status_line.split()[1]), headers, body
-
-
-def booted_pids(stderr):
-    return [int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", stderr)]
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -52,6 +53,11 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
             last_error = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
+
+
+def booted_pids(log: str) -> list[int]:
+    """The gunicorn workers a log says were booted, in order."""
+    return [int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", log)]
 
 
 def read_log(path: Path) -> str:
